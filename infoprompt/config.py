@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
+
+from infoprompt.errors import InfoPromptError
 
 __all__ = ["ConfigError", "Critic", "InfoPromptConfig", "Method"]
 
 
-class ConfigError(ValueError):
+class ConfigError(InfoPromptError):
     """A configuration value is invalid; the message says which and what is allowed."""
 
 
@@ -53,39 +55,47 @@ def _choices(enum: type[Enum]) -> str:
     return ", ".join(m.value for m in enum)
 
 
+def _field(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass(frozen=True)
 class InfoPromptConfig:
-    # --- data (these fields determine the Arrow store key) ---
-    task: str = "demo"  # cola | sst2 | rte | mrpc | demo
-    shots: int | None = 64  # total examples in train (and in valid), class-balanced; None = all
-    seed: int = 0  # draws the few-shot split and seeds training
-    model: str = "minilm"  # Hugging Face name or local path; "minilm" = embedded MiniLM-L6
-    data_dir: str | None = None  # local GLUE directory; None = datasets.load_dataset
-    max_length: int = 128  # tokens, template included
-    n_prompts: int = 4  # n_p, prompt slots in the template
-    cache_dir: str | None = None  # Arrow store; None = ~/.cache/infoprompt
+    # --- data (these fields also determine the Arrow store key) ---
+    task: str = _field("demo", "task: cola, sst2, rte, mrpc or demo (generated, offline)")
+    shots: int | None = _field(64, "examples in train and again in valid, class-balanced; "
+                                   "'all' = the full train split with a held-out 10%% valid")
+    seed: int = _field(0, "draws the few-shot split and seeds training")
+    model: str = _field("minilm", "encoder: Hugging Face name or local path; "
+                                  "'minilm' = the embedded MiniLM-L6")
+    data_dir: str | None = _field(None, "local GLUE folder (TSV or Parquet); "
+                                        "default: datasets.load_dataset('nyu-mll/glue')")
+    max_length: int = _field(128, "tokens per input, template included")
+    n_prompts: int = _field(4, "n_p: prompt slots in the template")
+    cache_dir: str | None = _field(None, "Arrow store folder (default ~/.cache/infoprompt "
+                                         "or $INFOPROMPT_CACHE)")
 
     # --- method ---
-    method: Method = Method.INFOPROMPT
-    critic: Critic = Critic.BILINEAR
-    beta: float = 0.1  # weight of NCE_rep (eq. 11)
-    gamma: float = 0.05  # weight of NCE_head (eq. 11)
-    k_negatives: int = 32  # K: one positive + K-1 negatives per InfoNCE
-    bottleneck: int = 64  # r: generator (and adapter) bottleneck width
-    temperature: float = 0.1  # τ of the cosine critic
-    log_sigma_max: float = 2.0  # σ = exp(clamp(f_σ, -max, max)) keeps the noise bounded
+    method: Method = _field(Method.INFOPROMPT, "what is trained and with which losses")
+    critic: Critic = _field(Critic.BILINEAR, "InfoNCE critic: bilinear (paper) or cosine")
+    beta: float = _field(0.1, "β: weight of NCE_rep (eq. 11)")
+    gamma: float = _field(0.05, "γ: weight of NCE_head (eq. 11)")
+    k_negatives: int = _field(32, "K: one positive + K-1 negatives per InfoNCE")
+    bottleneck: int = _field(64, "r: bottleneck width of the prompt generator (and adapters)")
+    temperature: float = _field(0.1, "τ of the cosine critic")
+    log_sigma_max: float = _field(2.0, "σ = exp(clamp(f_σ, ±this)) keeps the noise bounded")
 
     # --- optimisation ---
-    lr: float = 1e-3
-    encoder_lr: float = 2e-5  # only `finetune`: lr of the encoder's own weights
-    batch_size: int = 8
-    epochs: int = 30
-    warmup_ratio: float = 0.06  # fraction of steps with linear warm-up, then linear decay
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    bf16: bool = False  # bf16 autocast (CPU and CUDA)
-    device: str = "auto"  # auto = cuda when available, else cpu
-    eval_batch_size: int = 64
+    lr: float = _field(1e-3, "AdamW learning rate of the trainable parts")
+    encoder_lr: float = _field(2e-5, "finetune only: learning rate of the encoder's weights")
+    batch_size: int = _field(8, "training batch size")
+    epochs: int = _field(30, "training epochs")
+    warmup_ratio: float = _field(0.06, "fraction of steps of linear warm-up, then linear decay")
+    weight_decay: float = _field(0.01, "AdamW weight decay")
+    max_grad_norm: float = _field(1.0, "gradient clipping norm")
+    bf16: bool = _field(False, "bf16 autocast (CPU and CUDA)")
+    device: str = _field("auto", "auto (cuda when available, else cpu), cpu, cuda, cuda:N")
+    eval_batch_size: int = _field(64, "batch size for evaluation")
 
     def __post_init__(self) -> None:
         try:

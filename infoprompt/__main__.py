@@ -1,0 +1,3 @@
+from infoprompt.cli import main
+
+main()

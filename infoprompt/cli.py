@@ -1,0 +1,119 @@
+"""Command-line plumbing shared by `python -m infoprompt` and `tune/search.py`.
+
+Flags are generated from InfoPromptConfig's fields, so a hyperparameter is declared once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections.abc import Callable, Iterable
+from enum import Enum
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from infoprompt.config import InfoPromptConfig
+from infoprompt.errors import InfoPromptError
+
+__all__ = ["add_config_arguments", "config_from_args", "fail", "guarded", "main"]
+
+
+def _shots(value: str) -> int | None:
+    if value == "all":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {value!r}") from None
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, *, skip: Iterable[str] = ()) -> None:
+    """One --flag per InfoPromptConfig field (underscores become dashes)."""
+    hints = get_type_hints(InfoPromptConfig)
+    group = parser.add_argument_group("run configuration (InfoPromptConfig)")
+    for field in dataclasses.fields(InfoPromptConfig):
+        if field.name in skip:
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        kind = hints[field.name]
+        options: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS,
+                                   "help": f"{field.metadata['help']} (default: "
+                                           f"{getattr(field.default, 'value', field.default)})"}
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+            continue
+        if isinstance(kind, type) and issubclass(kind, Enum):
+            options["choices"] = [member.value for member in kind]
+        elif field.name == "shots":
+            options["type"] = _shots
+        elif kind in (int, float):
+            options["type"] = kind
+        group.add_argument(flag, **options)
+
+
+def config_from_args(args: argparse.Namespace, base: InfoPromptConfig | None = None
+                     ) -> InfoPromptConfig:
+    """Fields the user set override `base` (default: the paper's defaults)."""
+    names = {f.name for f in dataclasses.fields(InfoPromptConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    if given.get("data_dir"):
+        given["data_dir"] = str(Path(given["data_dir"]).expanduser().resolve())
+    if given.get("cache_dir"):
+        given["cache_dir"] = str(Path(given["cache_dir"]).expanduser().resolve())
+    return (base or InfoPromptConfig()).replace(**given)
+
+
+def fail(message: str) -> None:
+    """Bad input: one line on stderr, exit status 2, no traceback."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def guarded(main: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn InfoPromptError (bad input) into one line and exit 2; real bugs keep tracebacks."""
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except InfoPromptError as error:
+            fail(str(error))
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            raise SystemExit(130) from None
+    return wrapper
+
+
+@guarded
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(
+        prog="python -m infoprompt",
+        description="Train one InfoPrompt configuration and score it on the test split.")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for metrics.json (default: runs/<task>-<method>-s<seed>)")
+    add_config_arguments(parser)
+    args = parser.parse_args(argv)
+    cfg = config_from_args(args)
+    out = (args.out or Path("runs") / f"{cfg.task}-{cfg.method.value}-s{cfg.seed}").resolve()
+    if out.exists() and not out.is_dir():
+        raise InfoPromptError(f"--out {out} is a file; give a folder")
+
+    # Imported here so `--help` and bad flags answer without loading torch.
+    from infoprompt.store import load_splits
+    from infoprompt.train import fit
+
+    splits = load_splits(cfg)
+    metric = splits.task.metric
+
+    def show(record: dict[str, Any]) -> None:
+        print(f"epoch {record['epoch']:3d}  loss {record['loss']:.4f}  "
+              f"valid {metric} {record['valid_metric']:.4f}  nce_rep {record['nce_rep']:.3f}  "
+              f"nce_head {record['nce_head']:.3f}  |p| {record['prompt_norm']:.2f}", flush=True)
+
+    summary = fit(cfg, splits, on_epoch=show)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    print(f"best epoch {summary['best_epoch']}: valid {metric} "
+          f"{summary['best_valid_metric']:.4f}, test {metric} {summary['test_metric']:.4f} "
+          f"-> {out / 'metrics.json'}")
+    return summary

@@ -1,0 +1,217 @@
+"""The Arrow store: tokenized few-shot splits plus frozen prompt-free features, built once.
+
+One Feather v2 (Arrow IPC, uncompressed, read memory-mapped) file per split, in a folder
+named by a content hash of everything that determines it. The key's parts travel in the
+schema metadata, so a file that does not match its key is detected and rebuilt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.feather as feather
+import torch
+
+from infoprompt.config import InfoPromptConfig
+from infoprompt.encoder import load_encoder, load_tokenizer, prompt_free_features
+from infoprompt.tasks import Task, few_shot_splits, get_task, load_raw
+from infoprompt.template import Template
+
+__all__ = ["SPLITS", "Splits", "default_cache_dir", "load_splits", "store_key"]
+
+SPLITS = ("train", "valid", "test")
+FORMAT_VERSION = 1  # bump when the columns or the template change meaning
+META_KEY = b"infoprompt"
+
+
+@dataclass(frozen=True)
+class Splits:
+    """What a training run reads: one Arrow table per split (test may be withheld)."""
+    task: Task
+    train: pa.Table
+    valid: pa.Table
+    test: pa.Table | None
+    key: str
+    paths: dict[str, str]  # split name -> its store file
+
+    def without_test(self) -> Splits:
+        """The search never sees the test split."""
+        return dataclasses.replace(self, test=None)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("INFOPROMPT_CACHE", Path.home() / ".cache" / "infoprompt"))
+
+
+def _vocab_hash(tokenizer) -> str:
+    vocab = sorted(tokenizer.get_vocab().items())
+    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
+
+
+def store_key(cfg: InfoPromptConfig, fingerprint: str, tokenizer) -> tuple[str, dict]:
+    """The hash naming a store folder, and the parts it hashes."""
+    parts = {
+        "format": FORMAT_VERSION,
+        "task": cfg.task,
+        "source": fingerprint,  # data source and its file checksums
+        "shots": cfg.shots,
+        "seed": cfg.seed,
+        "model": cfg.model,  # tokenizer and the encoder that made the features
+        "tokenizer": f"{type(tokenizer).__name__}:{_vocab_hash(tokenizer)}",
+        "max_length": cfg.max_length,
+        "n_prompts": cfg.n_prompts,
+    }
+    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+    return digest[:20], parts
+
+
+def load_splits(cfg: InfoPromptConfig, *, with_test: bool = True, log=None) -> Splits:
+    """Read the store for cfg's (task, shots, seed, model, …), building what is missing."""
+    log = log or (lambda message: print(message, file=sys.stderr))
+    task = get_task(cfg.task)
+    raw = load_raw(task, cfg.data_dir)
+    tokenizer = load_tokenizer(cfg.model)
+    names = SPLITS if with_test else SPLITS[:2]
+    root = Path(cfg.cache_dir or default_cache_dir()) / cfg.task
+    keys, paths = {}, {}
+    for name in names:
+        # The test split (GLUE dev) is the same for every shots and seed: stored once.
+        key_cfg = cfg.replace(shots=None, seed=0) if name == "test" else cfg
+        keys[name] = store_key(key_cfg, raw.fingerprint, tokenizer)
+        paths[name] = root / keys[name][0] / f"{name}.arrow"
+    tables = {name: _read(paths[name], keys[name], log) for name in names}
+    missing = [name for name, table in tables.items() if table is None]
+    if missing:
+        tables.update(_build(cfg, task, raw, tokenizer, keys, paths, missing))
+    return Splits(task, tables["train"], tables["valid"], tables.get("test"), keys["train"][0],
+                  {name: str(path) for name, path in paths.items()})
+
+
+def _read(path: Path, key: tuple[str, dict], log) -> pa.Table | None:
+    if not path.exists():
+        return None
+    try:
+        table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+        meta = json.loads(table.schema.metadata[META_KEY])
+        if meta["key"] != key[0] or meta["parts"] != key[1] or meta["rows"] != table.num_rows:
+            raise ValueError(f"metadata says key {meta['key']}, {meta['rows']} rows")
+        return table
+    except Exception as error:  # noqa: BLE001 - any unreadable file is rebuilt the same way
+        log(f"store: {path} is damaged ({str(error).splitlines()[0][:120]}); rebuilding it")
+        return None
+
+
+def _build(cfg: InfoPromptConfig, task: Task, raw, tokenizer, keys: dict[str, tuple[str, dict]],
+           paths: dict[str, Path], names: list[str]) -> dict[str, pa.Table]:
+    started = time.perf_counter()
+    samples = few_shot_splits(raw, task, cfg.shots, cfg.seed)
+    template = Template.for_tokenizer(tokenizer, n_prompts=cfg.n_prompts,
+                                      max_length=cfg.max_length)
+    encoder = load_encoder(cfg.model)
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.device != "cpu" else "cpu")
+    encoder.to(device)
+    tables = {}
+    for name in names:
+        table = tokenize(samples[name], task, tokenizer, template)
+        p_free, z_free = encode_prompt_free(encoder, table, cfg.n_prompts, device=device)
+        table = _with_features(table, p_free, z_free)
+        meta = {"key": keys[name][0], "parts": keys[name][1], "split": name,
+                "rows": table.num_rows, "source": raw.source}
+        table = table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
+        paths[name].parent.mkdir(parents=True, exist_ok=True)
+        _write_atomic(table, paths[name])
+        # Hand back the memory-mapped file, so a fresh build and a cache hit read alike.
+        tables[name] = _read(paths[name], keys[name], log=print)
+    print(f"store: built {', '.join(names)} for {cfg.task} in "
+          f"{time.perf_counter() - started:.1f}s under {paths[names[0]].parent.parent}",
+          file=sys.stderr)
+    return tables
+
+
+def _write_atomic(table: pa.Table, path: Path) -> None:
+    """Write beside the target and rename: a reader sees the old file or the whole new one,
+    and two builders of the same key cannot interleave their bytes."""
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(handle)
+    try:
+        feather.write_feather(table, tmp, compression="uncompressed")
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the cache is shared with other users' jobs
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def tokenize(samples: pa.Table, task: Task, tokenizer, template: Template) -> pa.Table:
+    """Template-encode every row: input_ids, mask_pos, text_ids, label (and the texts)."""
+    columns = [samples.column(f).to_pylist() for f in task.text_fields]
+    encoded = [template.encode(tokenizer, texts) for texts in zip(*columns)]
+    return pa.table({
+        **{f: samples.column(f) for f in task.text_fields},
+        "label": samples.column("label").cast(pa.int64()),
+        "input_ids": pa.array([e.input_ids for e in encoded], pa.list_(pa.int32())),
+        "mask_pos": pa.array([e.mask_pos for e in encoded], pa.int32()),
+        "text_ids": pa.array([e.text_ids for e in encoded], pa.list_(pa.int32())),
+    })
+
+
+def prompt_free_ids(input_ids: list[int], n_prompts: int) -> list[int]:
+    """The prompt-free template: the prompted ids without the slots at 1..n_p."""
+    return input_ids[:1] + input_ids[1 + n_prompts:]
+
+
+def encode_prompt_free(encoder, table: pa.Table, n_prompts: int, *, device: torch.device,
+                       batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """P', Z' for every row, (N, D) float32 each."""
+    ids = [prompt_free_ids(row, n_prompts) for row in table.column("input_ids").to_pylist()]
+    mask_pos = np.asarray(table.column("mask_pos")) - n_prompts
+    # Sorting by length keeps the padding per batch small; the order is restored below.
+    order = np.argsort([len(row) for row in ids], kind="stable")
+    p_out, z_out = [], []
+    for start in range(0, len(ids), batch_size):
+        rows = order[start:start + batch_size]
+        input_ids, attention = pad([ids[i] for i in rows])
+        p_free, z_free = prompt_free_features(encoder, input_ids.to(device),
+                                              attention.to(device),
+                                              torch.as_tensor(mask_pos[rows]).long().to(device))
+        p_out.append(p_free.cpu().numpy())
+        z_out.append(z_free.cpu().numpy())
+    hidden = encoder.config.hidden_size
+    p_free = np.empty((len(ids), hidden), np.float32)
+    z_free = np.empty((len(ids), hidden), np.float32)
+    if ids:
+        p_free[order] = np.concatenate(p_out)
+        z_free[order] = np.concatenate(z_out)
+    return p_free, z_free
+
+
+def _with_features(table: pa.Table, p_free: np.ndarray, z_free: np.ndarray) -> pa.Table:
+    hidden = p_free.shape[1]
+    for name, values in (("p_free", p_free), ("z_free", z_free)):
+        column = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), hidden)
+        table = table.append_column(name, column)
+    return table
+
+
+def pad(rows: list[list[int]], length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad id lists to the longest row (or `length`): ids (B, T), attention (B, T).
+
+    The pad id is irrelevant: padded keys are masked out and their outputs never read.
+    """
+    length = length or max(map(len, rows))
+    ids = torch.zeros((len(rows), length), dtype=torch.long)
+    attention = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, :len(row)] = torch.as_tensor(row)
+        attention[i, :len(row)] = 1
+    return ids, attention
