@@ -68,7 +68,7 @@ def sample_token_negatives(text_ids: torch.Tensor, text_mask: torch.Tensor, coun
                            embeddings: nn.Embedding) -> torch.Tensor:
     """Embeddings of `count` tokens drawn from each example's own text (with replacement,
     so short inputs work). text_ids, text_mask: (B, L) -> (B, count, D)."""
-    weights = text_mask.float()
+    weights = text_mask.to(torch.float32, copy=True)  # a float mask is the caller's: copy
     weights[weights.sum(1) == 0, 0] = 1.0  # an empty text falls back to its padding slot
     picks = torch.multinomial(weights, count, replacement=True)
     return embeddings(text_ids.gather(1, picks))

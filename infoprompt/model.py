@@ -85,8 +85,10 @@ class InfoPromptModel(nn.Module):
         self.encoder = encoder
         hidden = encoder.config.hidden_size
         embeddings = encoder.get_input_embeddings().weight
-        # Prompts start at the embeddings of random vocabulary tokens (drawn by seed).
-        picks = torch.randint(1000, embeddings.shape[0], (cfg.n_prompts,))
+        # Prompts start at the embeddings of random vocabulary tokens (drawn by seed), past
+        # the special/unused ids at the start of a vocabulary (a small one has < 1000 ids).
+        low = min(1000, embeddings.shape[0] // 2)
+        picks = torch.randint(low, embeddings.shape[0], (cfg.n_prompts,))
         init_prompts = embeddings[picks].detach().float()
 
         self.generator = (PromptGenerator(hidden, cfg.bottleneck, cfg.n_prompts, init_prompts)

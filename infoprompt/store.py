@@ -24,10 +24,11 @@ import torch
 
 from infoprompt.config import InfoPromptConfig
 from infoprompt.encoder import load_encoder, load_tokenizer, prompt_free_features
+from infoprompt.errors import InfoPromptError
 from infoprompt.tasks import Task, few_shot_splits, get_task, load_raw
 from infoprompt.template import Template
 
-__all__ = ["SPLITS", "Splits", "default_cache_dir", "load_splits", "store_key"]
+__all__ = ["SPLITS", "Splits", "default_cache_dir", "load_splits", "rotations", "store_key"]
 
 SPLITS = ("train", "valid", "test")
 FORMAT_VERSION = 1  # bump when the columns or the template change meaning
@@ -95,6 +96,27 @@ def load_splits(cfg: InfoPromptConfig, *, with_test: bool = True, log=None) -> S
         tables.update(_build(cfg, task, raw, tokenizer, keys, paths, missing))
     return Splits(task, tables["train"], tables["valid"], tables.get("test"), keys["train"][0],
                   {name: str(path) for name, path in paths.items()})
+
+
+def rotations(splits: Splits, folds: int, *, seed: int) -> list[Splits]:
+    """Cross-validation over the train+valid pool: fold i validates on a class-stratified
+    1/folds of it and trains on the rest. The test split is never part of the pool."""
+    pool = pa.concat_tables([splits.train.replace_schema_metadata(None),
+                             splits.valid.replace_schema_metadata(None)])
+    labels = pool.column("label").to_numpy()
+    smallest = int(np.bincount(labels).min())
+    if not 2 <= folds <= smallest:
+        raise InfoPromptError(f"--cv-folds {folds}: needs 2 <= folds <= {smallest} (the "
+                              "smallest class in train+valid); use fewer folds or more shots")
+    rng = np.random.default_rng(seed)
+    fold_of = np.empty(len(labels), dtype=np.int64)
+    for label in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        fold_of[rows] = np.arange(len(rows)) % folds
+    return [dataclasses.replace(splits, train=pool.take(np.flatnonzero(fold_of != fold)),
+                                valid=pool.take(np.flatnonzero(fold_of == fold)), test=None,
+                                key=f"{splits.key}-fold{fold}of{folds}")
+            for fold in range(folds)]
 
 
 def _read(path: Path, key: tuple[str, dict], log) -> pa.Table | None:

@@ -1,0 +1,1 @@
+"""The search: Ray Tune + Optuna (TPE) + ASHA over InfoPrompt's hyperparameters."""

@@ -1,0 +1,63 @@
+"""The Ray Tune trainable: a plain function around `infoprompt.train.Training`.
+
+Data arrives through the object store (`tune.with_parameters`); each epoch reports the
+metrics and a checkpoint of the trainable state (never the frozen encoder), and a
+restarted trial (node loss, `--resume`) continues from `tune.get_checkpoint()`.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from infoprompt.config import InfoPromptConfig
+from infoprompt.store import Splits, rotations
+from infoprompt.train import Training, fit
+
+__all__ = ["final_fit", "trainable"]
+
+STATE_FILE = "state.pt"
+PER_RUN_ONLY = {"best_valid_metric", "best_epoch"}
+
+
+def trainable(params: dict[str, Any], *, base: InfoPromptConfig, splits: Splits,
+              cv_folds: int = 1) -> None:
+    cfg = base.replace(**params)
+    # One Ray CPU is one thread: more would oversubscribe the node's cores.
+    cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+
+    folds = rotations(splits, cv_folds, seed=cfg.seed) if cv_folds > 1 else [splits]
+    states = _restored_states()
+    runs = [Training(cfg, fold, resume=states[i] if states else None)
+            for i, fold in enumerate(folds)]
+    # Folds train in lockstep so that every report is the mean over all folds at one epoch.
+    for records in zip(*(run.epochs() for run in runs)):
+        # Per-fold bests are not the best of the mean; Tune tracks that (scope="all").
+        metrics = {name: sum(r[name] for r in records) / len(records)
+                   for name in records[0] if name not in PER_RUN_ONLY}
+        metrics["epoch"] = records[0]["epoch"]
+        with tempfile.TemporaryDirectory() as folder:
+            torch.save([run.state() for run in runs], Path(folder) / STATE_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+
+
+def _restored_states() -> list[dict] | None:
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as folder:
+        return torch.load(os.path.join(folder, STATE_FILE), weights_only=False)
+
+
+def final_fit(cfg: InfoPromptConfig, splits: Splits) -> dict[str, Any]:
+    """One seed of the final evaluation, as a Ray task: train to the end, score test."""
+    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
+    torch.set_num_threads(max(1, int(cpus)))
+    return fit(cfg, splits)
