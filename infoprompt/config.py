@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -53,6 +54,11 @@ class Critic(str, Enum):
 
 def _choices(enum: type[Enum]) -> str:
     return ", ".join(m.value for m in enum)
+
+
+def _integral(value: Any) -> bool:
+    """An int, or a float with an integer value (JSON and search spaces hand out 64.0)."""
+    return isinstance(value, numbers.Real) and math.isfinite(value) and int(value) == value
 
 
 def _field(default: Any, help: str) -> Any:
@@ -112,9 +118,11 @@ class InfoPromptConfig:
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
-        if int(self.k_negatives) != self.k_negatives or self.k_negatives < 2:
+        if not _integral(self.k_negatives) or self.k_negatives < 2:
             raise ConfigError(f"k_negatives (K) must be an integer >= 2, got {self.k_negatives!r}")
         object.__setattr__(self, "k_negatives", int(self.k_negatives))
+        if not _integral(self.bottleneck):  # int() would silently truncate 0.5 to 0
+            raise ConfigError(f"bottleneck must be an integer >= 1, got {self.bottleneck!r}")
         object.__setattr__(self, "bottleneck", int(self.bottleneck))
         for name in ("lr", "encoder_lr", "temperature", "max_grad_norm", "log_sigma_max"):
             value = getattr(self, name)

@@ -1,0 +1,375 @@
+"""The search on a real multi-node Ray cluster (head + two worker nodes on this machine).
+
+`ray.cluster_utils.Cluster` starts a head with no CPUs (so, as on `cluster/gpu.yaml`, no
+trial runs there) and two 1-CPU worker nodes: separate raylets and object stores, each its
+own Ray node. The search driver runs as a subprocess against the cluster's address, as it
+would on a head node, so it can be killed. What is checked:
+
+- trials run on both workers, and their data reaches them through the object store only;
+- losing a worker node mid-trial: the trial continues on another node from its last
+  checkpoint (epoch counter continues) and the search finishes;
+- losing the driver: `--resume --name` continues the experiment and finishes it;
+- a local --storage-path on a multi-node cluster is refused before any trial starts.
+
+All nodes share this machine's disk, so the storage path really is shared:
+INFOPROMPT_SHARED_FS=1 says so (the refusal test leaves it out). The cluster keeps its
+session files and its `ray_current_cluster` address file under a private RAY_TMPDIR, so
+another process's plain `ray.init()` on this machine cannot attach to it by accident.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+ROOT = Path(__file__).resolve().parents[1]
+OBJECT_STORE = 100 * 1024 * 1024  # per node; the demo tables are a few hundred kB
+
+# The search CLI, with one hook for the object-store test: right after the driver has built
+# (or read) the Arrow store, the store folder is deleted. The driver keeps its tables (they
+# are memory-mapped; an unlinked file stays mapped), so only Ray's object store can carry
+# them to the trials from then on.
+DRIVER = """
+import shutil, sys
+import infoprompt.store as store
+drop = sys.argv[1]
+build = store.load_splits
+def load_then_drop(*args, **kwargs):
+    splits = build(*args, **kwargs)
+    shutil.rmtree(drop)
+    print(f"test hook: deleted the store {drop}", file=sys.stderr, flush=True)
+    return splits
+store.load_splits = load_then_drop
+from tune.search import main
+main(sys.argv[2:])
+"""
+
+
+class RayCluster:
+    """A head (0 CPUs) plus worker nodes of 1 CPU each, and a scratch folder."""
+
+    def __init__(self, root: Path):
+        from ray.cluster_utils import Cluster
+
+        self.root = root
+        self.cache = root / "cache"  # the driver's Arrow store (shared by the tests)
+        # What a worker would use as its store if a trial ever called load_splits without
+        # --cache-dir: set on the worker raylets only (trial processes inherit it).
+        self.worker_cache = root / "worker-cache"
+        self.cluster = Cluster(initialize_head=True, head_node_args={
+            "num_cpus": 0, "include_dashboard": False, "object_store_memory": OBJECT_STORE})
+        self.added = 0
+
+    @property
+    def address(self) -> str:
+        return self.cluster.address
+
+    @property
+    def head_id(self) -> str:
+        return self.cluster.head_node.node_id
+
+    @property
+    def workers(self) -> dict[str, object]:
+        """node id -> ray._private.node.Node, for the live worker nodes."""
+        return {node.node_id: node for node in self.cluster.worker_nodes}
+
+    def add_worker(self) -> None:
+        self.added += 1
+        self.cluster.add_node(num_cpus=1, object_store_memory=OBJECT_STORE,
+                              resources={f"worker_{self.added}": 1},
+                              env_vars={"INFOPROMPT_CACHE": str(self.worker_cache)})
+
+    def top_up(self, count: int = 2) -> None:
+        while len(self.cluster.worker_nodes) < count:
+            self.add_worker()
+        self.cluster.wait_for_nodes()
+
+    def shutdown(self) -> None:
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
+        self.cluster.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    # A short folder: Ray's unix sockets live below it (108-byte path limit).
+    root = Path(tempfile.mkdtemp(prefix="ipclu", dir="/tmp"))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_TMPDIR", str(root))
+        patch.delenv("RAY_ADDRESS", raising=False)
+        box = RayCluster(root)
+        try:
+            yield box
+        finally:
+            box.shutdown()
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster(ray_cluster: RayCluster) -> RayCluster:
+    """The module's cluster with two live workers (a node-loss test may have removed one)."""
+    ray_cluster.top_up(2)
+    return ray_cluster
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+
+def search_args(cluster: RayCluster, storage: Path, name: str, *, samples: int, epochs: int,
+                cache: Path | None = None, extra: tuple[str, ...] = ()) -> list[str]:
+    # grace period = epochs: ASHA stops nobody, so every trial's end state is "completed".
+    return ["--task", "demo", "--shots", "16", "--num-samples", str(samples),
+            "--epochs", str(epochs), "--grace-period", str(epochs), "--final-seeds", "0",
+            "--address", cluster.address, "--storage-path", str(storage),
+            "--cache-dir", str(cache or cluster.cache), "--name", name, *extra]
+
+
+class Driver:
+    """The search driver as a subprocess in its own session (so it can be SIGKILLed alone)."""
+
+    def __init__(self, command: list[str], logs: Path, *, shared_fs: bool = True):
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("RAY_ADDRESS", "INFOPROMPT_SHARED_FS")}
+        if shared_fs:
+            env["INFOPROMPT_SHARED_FS"] = "1"
+        env["TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S"] = "0"
+        env["PYTHONUNBUFFERED"] = "1"
+        logs.mkdir(parents=True, exist_ok=True)
+        self.out, self.err = logs / "stdout", logs / "stderr"
+        with self.out.open("w") as out, self.err.open("w") as err:
+            self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=err,
+                                            stdin=subprocess.DEVNULL, start_new_session=True)
+
+    @classmethod
+    def search(cls, args: list[str], logs: Path, **kwargs) -> Driver:
+        return cls([sys.executable, "tune/search.py", *args], logs, **kwargs)
+
+    def tail(self, lines: int = 40) -> str:
+        text = self.out.read_text(errors="replace") + self.err.read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
+
+    def check_running(self) -> None:
+        if self.process.poll() is not None:
+            pytest.fail(f"the driver exited early ({self.process.returncode}):\n{self.tail()}")
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"the driver did not finish within {timeout:.0f}s:\n{self.tail()}")
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)  # its own session: only the driver
+            self.process.wait(timeout=30)
+
+
+def wait_until(condition, *, timeout: float, driver: Driver, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        driver.check_running()
+        time.sleep(0.1)
+    driver.kill()
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}:\n{driver.tail()}")
+
+
+def progress(trial: Path) -> list[dict[str, str]]:
+    """The complete rows of a trial's progress.csv (the driver may be mid-write)."""
+    path = trial / "progress.csv"
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [row for row in rows if None not in row and None not in row.values()]
+
+
+def epochs(rows: list[dict[str, str]]) -> list[int]:
+    return [int(row["epoch"]) for row in rows]
+
+
+def restarts(rows: list[dict[str, str]]) -> list[int]:
+    """Row indices where a (re)started trial process reported its first result."""
+    return [i for i, row in enumerate(rows) if int(row["iterations_since_restore"]) == 1]
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")  # a zombie has exited
+
+
+def trials(experiment: Path) -> list[Path]:
+    return sorted(experiment.glob("trial_*"))
+
+
+def results(experiment: Path) -> dict:
+    return json.loads((experiment / "results.json").read_text())
+
+
+# --- tests -----------------------------------------------------------------------------------
+
+
+def test_local_storage_path_is_refused_on_a_multi_node_cluster(cluster, tmp_path):
+    storage = cluster.root / "refused"
+    driver = Driver.search(search_args(cluster, storage, "refused", samples=2, epochs=3),
+                           tmp_path / "logs", shared_fs=False)
+    code = driver.wait(timeout=120)
+
+    assert code != 0, driver.tail()
+    errors = [line for line in (driver.out.read_text() + driver.err.read_text()).splitlines()
+              if line.startswith("error:")]
+    assert len(errors) == 1, driver.tail()
+    assert "3 nodes" in errors[0] and "--storage-path" in errors[0] and "local" in errors[0]
+    assert "Traceback" not in driver.err.read_text()
+    # Refused before the Tuner existed: no experiment folder, so no trial folder either.
+    assert not (storage / "refused").exists()
+    assert not list(storage.rglob("trial_*"))
+
+
+def test_search_runs_on_both_workers_with_data_from_the_object_store(cluster, tmp_path):
+    """Two trials at once on two 1-CPU workers: one on each.
+
+    The data check: the driver's store folder is deleted as soon as the driver has read it
+    (before Ray starts), and the workers' default store (INFOPROMPT_CACHE on their raylets)
+    does not exist. A trial that loaded its data from disk itself would either fail on the
+    missing files (and the search would report errored trials) or rebuild the store through
+    `load_splits`, which would re-create one of the two folders: the asserts below catch
+    both. So the tables can only have come through Ray's object store.
+    """
+    storage, name = cluster.root / "both", "both"
+    private_cache = tmp_path / "store"
+    if cluster.cache.exists():  # built by an earlier test: saves the driver a rebuild
+        shutil.copytree(cluster.cache, private_cache)
+    driver = Driver([sys.executable, "-c", DRIVER, str(private_cache),
+                     *search_args(cluster, storage, name, samples=2, epochs=3,
+                                  cache=private_cache)], tmp_path / "logs")
+    assert driver.wait(timeout=240) == 0, driver.tail()
+    assert "test hook: deleted the store" in driver.err.read_text()
+
+    summary = results(storage / name)
+    assert [t["status"] for t in summary["trials"]] == ["completed"] * 2, summary["trials"]
+    assert all(t["epochs"] == 3 and len(t["curve"]) == 3 for t in summary["trials"])
+
+    nodes = {}
+    for trial in trials(storage / name):
+        ran_on = {row["node_id"] for row in progress(trial)}
+        assert len(ran_on) == 1, (trial.name, ran_on)  # nothing failed, nothing moved
+        nodes[trial.name] = ran_on.pop()
+    assert len(nodes) == 2
+    assert sorted(nodes.values()) == sorted(cluster.workers), (nodes, list(cluster.workers))
+    assert cluster.head_id not in nodes.values()
+
+    assert not private_cache.exists(), "a trial rebuilt the driver's store from disk"
+    assert not cluster.worker_cache.exists(), "a trial built a store on its worker node"
+    print(f"\nFIGURES both-nodes: {nodes}; head {cluster.head_id[:8]}")
+
+
+def test_driver_loss_then_resume_finishes_the_search(cluster, tmp_path):
+    """One trial at a time (--max-concurrent 1): the first finishes, the second is cut off
+    mid-run by SIGKILL to the driver; `--resume --name` keeps the first and continues the
+    second from its last checkpoint."""
+    storage, name, total = cluster.root / "resume", "resume", 4
+    args = search_args(cluster, storage, name, samples=2, epochs=total,
+                       extra=("--max-concurrent", "1"))
+    experiment = storage / name
+    driver = Driver.search(args, tmp_path / "first")
+
+    def one_done_one_running():
+        done = [t for t in trials(experiment) if len(progress(t)) >= total]
+        running = [t for t in trials(experiment) if 1 <= len(progress(t)) < total]
+        return (done[0], running[0]) if done and running else None
+
+    finished, interrupted = wait_until(one_done_one_running, timeout=180, driver=driver,
+                                       what="one finished trial and one in progress")
+    time.sleep(0.3)  # let the driver snapshot the experiment state after that result
+    driver.kill()
+    assert driver.process.returncode == -signal.SIGKILL
+    kept = (finished / "progress.csv").read_bytes()
+    before = progress(interrupted)
+    assert 1 <= len(before) < total, epochs(before)
+    assert not (experiment / "results.json").exists()
+
+    resumed = Driver.search([*args, "--resume"], tmp_path / "resume")
+    assert resumed.wait(timeout=240) == 0, resumed.tail()
+    assert f"resuming {experiment}" in resumed.out.read_text()
+
+    summary = results(experiment)
+    assert len(summary["trials"]) == 2
+    assert [t["status"] for t in summary["trials"]] == ["completed"] * 2, summary["trials"]
+    # The finished trial was not re-run: its results are byte for byte what they were.
+    assert (finished / "progress.csv").read_bytes() == kept
+    rows = progress(interrupted)
+    assert rows[:len(before)] == before
+    starts = restarts(rows)
+    assert starts == [0, len(before)], (starts, epochs(rows))
+    resumed_at = int(rows[len(before)]["epoch"])
+    # It continued from a checkpoint (not from epoch 1), repeating at most the one epoch
+    # whose checkpoint the killed driver had not recorded yet, and ran to the end.
+    assert resumed_at in (epochs(before)[-1], epochs(before)[-1] + 1), epochs(rows)
+    assert resumed_at > 1
+    assert epochs(rows)[len(before):] == list(range(resumed_at, total + 1))
+    print(f"\nFIGURES driver-loss: killed after the interrupted trial's epochs "
+          f"{epochs(before)}; resumed at epoch {resumed_at}; end epochs "
+          f"{[t['epochs'] for t in summary['trials']]}, statuses "
+          f"{[t['status'] for t in summary['trials']]}")
+
+
+def test_node_loss_resumes_the_trial_from_its_checkpoint_elsewhere(cluster, tmp_path):
+    storage, name, total = cluster.root / "nodeloss", "nodeloss", 8
+    experiment = storage / name
+    driver = Driver.search(search_args(cluster, storage, name, samples=1, epochs=total),
+                           tmp_path / "logs")
+
+    def trial_past_epoch_two():
+        found = trials(experiment)
+        return found[0] if found and len(progress(found[0])) >= 2 else None
+
+    trial = wait_until(trial_past_epoch_two, timeout=180, driver=driver,
+                       what="the trial to report two epochs")
+    host = progress(trial)[-1]["node_id"]
+    assert host in cluster.workers, (host, list(cluster.workers))
+    lost_pid = int(progress(trial)[-1]["pid"])
+    # No graceful shutdown: SIGKILL to the node's raylet, object store and agents, as when a
+    # machine dies. Its trial process goes with them.
+    cluster.cluster.remove_node(cluster.workers[host], allow_graceful=False)
+
+    assert driver.wait(timeout=240) == 0, driver.tail()
+    assert not alive(lost_pid), "the trial process of the removed node is still running"
+    rows = progress(trial)
+    starts = restarts(rows)
+    assert len(starts) == 2 and starts[0] == 0, (starts, epochs(rows))
+    before, after = rows[:starts[1]], rows[starts[1]:]
+    assert {row["node_id"] for row in before} == {host}
+    assert host not in {row["node_id"] for row in after}
+    last_checkpoint_epoch = int(before[-1]["epoch"])  # every epoch reports a checkpoint
+    resumed_at = int(after[0]["epoch"])
+    assert last_checkpoint_epoch >= 2
+    assert resumed_at == last_checkpoint_epoch + 1, epochs(rows)
+    assert epochs(rows) == list(range(1, total + 1))  # no epoch lost, none repeated
+
+    summary = results(experiment)
+    assert [(t["status"], t["epochs"]) for t in summary["trials"]] == [("completed", total)]
+    print(f"\nFIGURES node-loss: trial on {host[:8]} lost its node after epoch "
+          f"{last_checkpoint_epoch}, resumed at epoch {resumed_at} on "
+          f"{after[0]['node_id'][:8]}; {len(rows)} epochs in all, status "
+          f"{summary['trials'][0]['status']}")
