@@ -12,6 +12,8 @@ import statistics
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from infoprompt.errors import InfoPromptError
+
 __all__ = ["Summary", "TrialRow", "final_stats", "plot", "summarize", "write_json",
            "write_markdown"]
 
@@ -56,7 +58,9 @@ def trial_rows(result_grid: Any, max_epochs: int) -> list[TrialRow]:
         else:
             status = "completed"
         rows.append(TrialRow(
-            trial_id=metrics.get("trial_id") or Path(result.path).name,
+            # A trial that failed before its first report has no metrics: its folder
+            # (trial_<id>, see tuner.py) names it.
+            trial_id=metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_"),
             config=dict(result.config or {}), status=status, epochs=epochs,
             last_valid_metric=curve[-1] if curve else None,
             best_valid_metric=max(curve) if curve else None,
@@ -65,16 +69,24 @@ def trial_rows(result_grid: Any, max_epochs: int) -> list[TrialRow]:
 
 
 def final_stats(per_seed: list[float]) -> dict[str, Any]:
-    return {"per_seed": per_seed, "mean": statistics.fmean(per_seed),
-            "std": statistics.stdev(per_seed) if len(per_seed) > 1 else 0.0}
+    """Mean and std over the seeds that finished; a diverged seed (NaN) is counted apart."""
+    finite = [v for v in per_seed if math.isfinite(v)]
+    return {"per_seed": per_seed,
+            "mean": statistics.fmean(finite) if finite else math.nan,
+            "std": statistics.stdev(finite) if len(finite) > 1 else 0.0,
+            "diverged": len(per_seed) - len(finite)}
 
 
 def summarize(*, task: str, metric: str, method: str, trials: list[TrialRow],
               final: dict[str, Any]) -> Summary:
+    # An errored trial (diverged, or out of retries) is never the best, even if it reported
+    # a metric before failing: Optuna was told it failed, and its config would not re-train.
     scored = [t for t in trials if t.best_valid_metric is not None
-              and math.isfinite(t.best_valid_metric)]
+              and math.isfinite(t.best_valid_metric) and not t.status.startswith("error")]
     if not scored:
-        raise RuntimeError("no trial reported a valid metric; see the trial errors above")
+        raise InfoPromptError(
+            f"none of the {len(trials)} trials finished with a valid metric ("
+            + "; ".join(sorted({t.status for t in trials})[:3]) + ")")
     best = max(scored, key=lambda t: t.best_valid_metric)
     return Summary(task, metric, method, best.config, best.best_valid_metric, trials, final)
 

@@ -8,15 +8,19 @@ on --final-seeds seeds and scored on the test split, which the search never saw.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import math
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from infoprompt.cli import add_config_arguments, config_from_args, guarded
+from infoprompt.cli import ArgumentParser, add_config_arguments, config_from_args, guarded
 from infoprompt.config import InfoPromptConfig
 from infoprompt.errors import InfoPromptError
 from tune.space import SPACE, Range, narrowed
@@ -25,7 +29,7 @@ SEARCHED = tuple(SPACE)  # set by the search, so not offered as plain --flags
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(  # bad flags: one `error:` line, exit 2
         prog="python tune/search.py", description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter)
     search = parser.add_argument_group("search")
@@ -63,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ray_group.add_argument("--name", default=None,
                            help="experiment name (default: <task>-<method>-<shots>shot-<time>)")
     ray_group.add_argument("--resume", action="store_true",
-                           help="continue the experiment --name (default: the latest one)")
+                           help="continue the experiment --name (default: the latest one) "
+                                "with the settings it was started with")
     add_config_arguments(parser, skip=SEARCHED)
     return parser.parse_args(argv)
 
@@ -95,6 +100,12 @@ def check_args(args: argparse.Namespace) -> None:
         raise InfoPromptError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise InfoPromptError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+    if args.gpus_per_trial > 0 and not args.address:
+        import torch  # a new local Ray sees the GPUs torch sees; starting it takes a while
+
+        if torch.cuda.device_count() == 0:
+            raise InfoPromptError(f"--gpus-per-trial {args.gpus_per_trial:g}, but this machine "
+                                  "has no GPU; drop the flag to train on CPU")
 
 
 def is_uri(path: str) -> bool:
@@ -119,19 +130,113 @@ def experiment_path(args: argparse.Namespace, cfg: InfoPromptConfig) -> tuple[st
     return storage, earlier[-1]
 
 
+def _cannot_connect(address: str | None, reason: str) -> InfoPromptError:
+    return InfoPromptError(f"cannot connect to Ray at {address or 'a new local Ray'}: "
+                           f"{reason[:200]}; check --address (host:port of the head, or "
+                           "'auto' on a cluster node)")
+
+
+def probe(address: str, timeout: float = 10) -> None:
+    """Fail fast on an address nobody listens at: ray.init would retry for many minutes."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        if address.startswith("ray://"):  # Ray Client: host:port of its server
+            target = address[len("ray://"):].split("/")[0]
+        else:  # host:port, or 'auto' -> this machine's cluster (error if there is none)
+            target = canonicalize_bootstrap_address(address)
+        if not target:
+            raise ConnectionError("no running Ray cluster found on this machine")
+        host, _, port = target.rpartition(":")
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except Exception as error:  # noqa: BLE001 - ValueError, ConnectionError, OSError, …
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise _cannot_connect(address, f"nothing answers there ({reason})") from None
+
+
+# What a resumed search takes from the command that resumes it rather than from the
+# experiment's search_args.json: where the experiment is and which Ray to use; the
+# resources per trial only when given (a cluster may have changed).
+RESUME_TAKES = ("address", "storage_path", "name", "resume")
+RESUME_MAY_CHANGE = ("cpus_per_trial", "gpus_per_trial")
+SETTINGS = "search_args.json"
+
+
+def save_settings(args: argparse.Namespace, storage: str, name: str) -> None:
+    """The search's settings (config flags, space, budget) next to its Ray state, so that
+    `--resume --name NAME` continues it as it was started."""
+    body = {k: v for k, v in vars(args).items() if k not in RESUME_TAKES}
+    with tempfile.TemporaryDirectory() as folder:
+        (Path(folder) / SETTINGS).write_text(json.dumps(body, indent=2))
+        publish(Path(folder), storage, name)
+
+
+def load_settings(path: str) -> dict[str, Any] | None:
+    try:
+        if is_uri(path):
+            import pyarrow.fs
+
+            fs, inner = pyarrow.fs.FileSystem.from_uri(f"{path.rstrip('/')}/{SETTINGS}")
+            with fs.open_input_stream(inner) as stream:
+                return json.loads(stream.read())
+        return json.loads((Path(path) / SETTINGS).read_text())
+    except OSError:  # FileNotFoundError, or a cloud store's "path does not exist"
+        return None
+
+
+def resumed_args(args: argparse.Namespace, saved: dict[str, Any] | None,
+                 name: str) -> argparse.Namespace:
+    """The interrupted search's own settings, with this command's RESUME_TAKES (and
+    RESUME_MAY_CHANGE when given). Any other setting given now must match the experiment's:
+    its trials, checkpoints and scheduler were made with those."""
+    if saved is None:
+        print(f"warning: {name} has no {SETTINGS}; resuming with this command's settings",
+              file=sys.stderr)
+        return args
+    defaults, current = vars(parse_args([])), vars(args)
+    merged = argparse.Namespace(**{**defaults, **saved})
+    fields = {f.name for f in dataclasses.fields(InfoPromptConfig)}
+    ours, theirs = config_from_args(args), config_from_args(merged)
+
+    def shown(value: Any) -> str:
+        return " ".join(map(str, value)) if isinstance(value, list) else \
+            str(getattr(value, "value", value))
+
+    differ = [(k, getattr(theirs, k), getattr(ours, k)) for k in current
+              if k in fields and getattr(ours, k) != getattr(theirs, k)]
+    differ += [(k, getattr(merged, k, None), v) for k, v in current.items()
+               if k not in fields and k not in RESUME_TAKES + RESUME_MAY_CHANGE
+               and v != defaults.get(k) and v != getattr(merged, k, None)]
+    if differ:
+        raise InfoPromptError(
+            f"--resume continues {name} with the settings it was started with; drop or fix: "
+            + ", ".join(f"--{k.replace('_', '-')} {shown(new)} (it has {shown(old)})"
+                        for k, old, new in differ))
+    for key in RESUME_TAKES:
+        setattr(merged, key, current[key])
+    for key in RESUME_MAY_CHANGE:
+        if current[key] != defaults[key]:
+            setattr(merged, key, current[key])
+    merged.name = name
+    return merged
+
+
 def connect(args: argparse.Namespace) -> None:
     import ray
 
+    if args.address:
+        probe(args.address)
     try:
         if args.address:
             ray.init(address=args.address, log_to_driver=True)
         else:
-            ray.init(include_dashboard=False)
+            # "local": a new Ray even if RAY_ADDRESS or a `ray start` on this machine names
+            # another cluster (joining one takes --address).
+            ray.init(address="local", include_dashboard=False)
     except Exception as error:  # noqa: BLE001 - ray raises ConnectionError, RuntimeError, …
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InfoPromptError(f"cannot connect to Ray at {args.address or 'a new local Ray'}: "
-                              f"{reason[:200]}; check --address (host:port of the head, or "
-                              "'auto' on a cluster node)") from None
+        raise _cannot_connect(args.address, reason) from None
 
 
 def check_cluster(args: argparse.Namespace, storage: str) -> None:
@@ -185,11 +290,38 @@ def final_evaluation(cfg: InfoPromptConfig, configs: dict[str, dict[str, Any]],
             for key, params in distinct.items() for seed in seeds}
     print(f"final evaluation: {len(distinct)} configs x {len(seeds)} seeds, "
           f"{cfg.epochs} epochs each", flush=True)
-    scores = {key: ray.get(job)["test_metric"] for key, job in jobs.items()}
+    scores = {key: _test_metric(job) for key, job in jobs.items()}
     return {label: {"config": params, "seeds": seeds,
                     **final_stats([scores[tuple(sorted(params.items())), seed]
                                    for seed in seeds])}
             for label, params in configs.items()}
+
+
+def _test_metric(job: Any) -> float:
+    """A seed whose re-training diverges scores NaN (final_stats counts it apart)."""
+    import ray
+
+    from infoprompt.train import Diverged
+
+    try:
+        return ray.get(job)["test_metric"]
+    except ray.exceptions.RayTaskError as error:
+        if isinstance(error.cause, Diverged):
+            print(f"warning: a final re-training diverged: {error.cause}", file=sys.stderr)
+            return math.nan
+        raise
+
+
+def write_reports(summary: Any, storage: str, name: str) -> tuple[str, str]:
+    """results.json, results.md and search.png into the experiment folder; returns where,
+    and the Markdown."""
+    from tune import report
+
+    with tempfile.TemporaryDirectory() as folder:
+        report.write_json(summary, Path(folder) / "results.json")
+        report.write_markdown(summary, Path(folder) / "results.md")
+        report.plot(summary, Path(folder) / "search.png")
+        return publish(Path(folder), storage, name), (Path(folder) / "results.md").read_text()
 
 
 def publish(folder: Path, storage: str, name: str) -> str:
@@ -214,27 +346,45 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     space = search_space(args)
     cfg = config_from_args(args)
     storage, name = experiment_path(args, cfg)
+    path = f"{storage.rstrip('/')}/{name}"
 
     import ray
     from ray import tune
 
+    if args.resume:  # refused before Ray starts; the experiment's settings, not the defaults
+        if not tune.Tuner.can_restore(path):
+            raise InfoPromptError(f"--resume: no search state at {path}")
+        args = resumed_args(args, load_settings(path), name)
+        check_args(args)
+        space = search_space(args)
+        cfg = config_from_args(args)
+
     from infoprompt.store import load_splits
+
+    splits = load_splits(cfg, with_test=False)  # the search never reads test
+    connect(args)
+    try:
+        return _search(args, cfg, space, splits, storage, name, path)
+    finally:  # also for callers of main() in-process, and on errors
+        ray.shutdown()
+
+
+def _search(args: argparse.Namespace, cfg: InfoPromptConfig, space: dict[str, Range],
+            splits: Any, storage: str, name: str, path: str) -> dict[str, Any]:
+    import ray
+
     from tune import report
     from tune.space import default_point
     from tune.tuner import build_tuner, restore_tuner
 
-    splits = load_splits(cfg, with_test=False)  # the search never reads test
-    connect(args)
     check_cluster(args, storage)
-    path = f"{storage.rstrip('/')}/{name}"
     options = {"cv_folds": args.cv_folds, "cpus_per_trial": args.cpus_per_trial,
                "gpus_per_trial": args.gpus_per_trial}
     if args.resume:
-        if not tune.Tuner.can_restore(path):
-            raise InfoPromptError(f"--resume: no search state at {path}")
         print(f"resuming {path}", flush=True)
         tuner = restore_tuner(path, cfg, splits, **options)
     else:
+        save_settings(args, storage, name)
         tuner = build_tuner(cfg, splits, space=space, num_samples=args.num_samples,
                             grace_period=args.grace_period,
                             reduction_factor=args.reduction_factor,
@@ -247,19 +397,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = report.trial_rows(grid, cfg.epochs)
     summary = report.summarize(task=cfg.task, metric=splits.task.metric,
                                method=cfg.method.value, trials=rows, final={})
+    # Written now and again after the final evaluation: a failure there loses no search.
+    target, markdown = write_reports(summary, storage, name)
     configs = {"best": summary.best_config}
     default = default_point(cfg.method, SPACE)
     if default is not None:
         configs["default"] = default
-    final = final_evaluation(cfg, configs, args) if args.final_seeds else {}
-    summary = summary._replace(final=final)
-
-    with tempfile.TemporaryDirectory() as folder:
-        report.write_json(summary, Path(folder) / "results.json")
-        report.write_markdown(summary, Path(folder) / "results.md")
-        report.plot(summary, Path(folder) / "search.png")
-        markdown = (Path(folder) / "results.md").read_text()
-        target = publish(Path(folder), storage, name)
+    if args.final_seeds:
+        summary = summary._replace(final=final_evaluation(cfg, configs, args))
+        target, markdown = write_reports(summary, storage, name)
     ray.shutdown()
     print("\n" + markdown)
     print(f"{len(rows)} trials, {summary.stopped_early} stopped early by ASHA, "

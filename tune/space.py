@@ -64,9 +64,11 @@ def narrowed(overrides: dict[str, Range]) -> dict[str, Range]:
     space = dict(SPACE)
     for name, value in overrides.items():
         if value.choices:
-            if any(c < (2 if name == "k_negatives" else 1) for c in value.choices):
-                raise InfoPromptError(f"--{name.replace('_', '-')} choices must be positive "
-                                      f"(K >= 2), got {list(value.choices)}")
+            least = 2 if name == "k_negatives" else 1
+            if any(c < least for c in value.choices):
+                flag = {"k_negatives": "--k-choices"}.get(name, f"--{name}-choices")
+                raise InfoPromptError(f"{flag} must all be >= {least}, got "
+                                      f"{' '.join(map(str, value.choices))}")
         elif not 0 < value.low <= value.high:
             raise InfoPromptError(f"--{name}-range needs 0 < LOW <= HIGH, got "
                                   f"{value.low:g} {value.high:g}")

@@ -38,11 +38,20 @@ def trainable(params: dict[str, Any], *, base: InfoPromptConfig, splits: Splits,
     runs = [Training(cfg, fold, resume=states[i] if states else None)
             for i, fold in enumerate(folds)]
     # Folds train in lockstep so that every report is the mean over all folds at one epoch.
+    # A NaN/inf loss raises infoprompt.train.Diverged out of here, on purpose: Ray marks the
+    # trial ERROR and tells Optuna error=True with no value (FAIL; a reported NaN or a result
+    # without valid_metric would instead reach Optuna/ASHA or trip Tune's metric check).
+    # Ray retries it --max-failures times from its last checkpoint; it diverges again within
+    # that epoch (same seed, batches and lr), so each retry costs a worker start and at most
+    # one epoch. Tune offers no per-exception retry policy, and a "diverged" note in the
+    # trial's working folder did not survive between attempts, so none is attempted here.
     for records in zip(*(run.epochs() for run in runs)):
         # Per-fold bests are not the best of the mean; Tune tracks that (scope="all").
         metrics = {name: sum(r[name] for r in records) / len(records)
                    for name in records[0] if name not in PER_RUN_ONLY}
         metrics["epoch"] = records[0]["epoch"]
+        # Which Ray node ran this epoch: on one machine every node shares node_ip.
+        metrics["node_id"] = ray.get_runtime_context().get_node_id()
         with tempfile.TemporaryDirectory() as folder:
             torch.save([run.state() for run in runs], Path(folder) / STATE_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
