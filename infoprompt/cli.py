@@ -12,12 +12,13 @@ import sys
 from collections.abc import Callable, Iterable
 from enum import Enum
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import Any, NoReturn, get_type_hints
 
 from infoprompt.config import InfoPromptConfig
 from infoprompt.errors import InfoPromptError
 
-__all__ = ["add_config_arguments", "config_from_args", "fail", "guarded", "main"]
+__all__ = ["ArgumentParser", "add_config_arguments", "config_from_args", "fail", "guarded",
+           "main"]
 
 
 def _shots(value: str) -> int | None:
@@ -65,10 +66,19 @@ def config_from_args(args: argparse.Namespace, base: InfoPromptConfig | None = N
     return (base or InfoPromptConfig()).replace(**given)
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     """Bad input: one line on stderr, exit status 2, no traceback."""
-    print(f"error: {message}", file=sys.stderr)
+    line = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+    print(f"error: {line}", file=sys.stderr)
     raise SystemExit(2)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose bad flags read like any other bad input: `error: ...`, one line, exit 2
+    (the stock parser prints the whole usage block first)."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(f"{message} (see {self.prog} --help)")
 
 
 def guarded(main: Callable[..., Any]) -> Callable[..., Any]:
@@ -86,7 +96,7 @@ def guarded(main: Callable[..., Any]) -> Callable[..., Any]:
 
 @guarded
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m infoprompt",
         description="Train one InfoPrompt configuration and score it on the test split.")
     parser.add_argument("--out", type=Path, default=None,

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from infoprompt.cli import add_config_arguments, config_from_args, guarded
+from infoprompt.cli import ArgumentParser, add_config_arguments, config_from_args, guarded
 
 __all__ = ["main"]
 
 
 @guarded
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m infoprompt.data",
-                                     description="Build the few-shot Arrow store.")
+    parser = ArgumentParser(prog="python -m infoprompt.data",
+                            description="Build the few-shot Arrow store.")
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="tokenize splits and store frozen features")
     build.add_argument("--seeds", type=int, nargs="+", default=[0],

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.feather as feather
 import torch
 
@@ -93,7 +94,7 @@ def load_splits(cfg: InfoPromptConfig, *, with_test: bool = True, log=None) -> S
     tables = {name: _read(paths[name], keys[name], log) for name in names}
     missing = [name for name, table in tables.items() if table is None]
     if missing:
-        tables.update(_build(cfg, task, raw, tokenizer, keys, paths, missing))
+        tables.update(_build(cfg, task, raw, tokenizer, keys, paths, missing, log))
     return Splits(task, tables["train"], tables["valid"], tables.get("test"), keys["train"][0],
                   {name: str(path) for name, path in paths.items()})
 
@@ -127,14 +128,39 @@ def _read(path: Path, key: tuple[str, dict], log) -> pa.Table | None:
         meta = json.loads(table.schema.metadata[META_KEY])
         if meta["key"] != key[0] or meta["parts"] != key[1] or meta["rows"] != table.num_rows:
             raise ValueError(f"metadata says key {meta['key']}, {meta['rows']} rows")
+        if meta.get("split") != path.stem:  # train and valid share a key: a swap must show
+            raise ValueError(f"metadata says split {meta.get('split')!r}, not {path.stem!r}")
+        # Bytes changed inside the data still parse as Arrow: only a checksum catches them.
+        if meta.get("digest") != _content_digest(table):
+            raise ValueError("its content does not match the checksum in its metadata")
         return table
     except Exception as error:  # noqa: BLE001 - any unreadable file is rebuilt the same way
-        log(f"store: {path} is damaged ({str(error).splitlines()[0][:120]}); rebuilding it")
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:120]
+        log(f"store: {path} is damaged ({reason}); rebuilding it")
         return None
 
 
+def _content_digest(table: pa.Table) -> str:
+    """sha256 of every column's values (not of the buffers' layout: a freshly built column may
+    carry an all-valid bitmap that the file read back does not)."""
+    digest = hashlib.sha256()
+    for name, column in zip(table.column_names, table.columns):
+        digest.update(f"{name}:{column.type}:{len(column)}:".encode())
+        array = column.combine_chunks()
+        while pa.types.is_list(array.type) or pa.types.is_fixed_size_list(array.type):
+            if pa.types.is_list(array.type):
+                digest.update(pc.list_value_length(array).to_numpy(zero_copy_only=False))
+            array = pc.list_flatten(array)
+        if pa.types.is_string(array.type):
+            digest.update(pc.binary_length(array).to_numpy(zero_copy_only=False))
+            digest.update("".join(array.to_pylist()).encode())
+        else:
+            digest.update(np.ascontiguousarray(array.to_numpy(zero_copy_only=False)))
+    return digest.hexdigest()
+
+
 def _build(cfg: InfoPromptConfig, task: Task, raw, tokenizer, keys: dict[str, tuple[str, dict]],
-           paths: dict[str, Path], names: list[str]) -> dict[str, pa.Table]:
+           paths: dict[str, Path], names: list[str], log) -> dict[str, pa.Table]:
     started = time.perf_counter()
     samples = few_shot_splits(raw, task, cfg.shots, cfg.seed)
     template = Template.for_tokenizer(tokenizer, n_prompts=cfg.n_prompts,
@@ -148,15 +174,16 @@ def _build(cfg: InfoPromptConfig, task: Task, raw, tokenizer, keys: dict[str, tu
         p_free, z_free = encode_prompt_free(encoder, table, cfg.n_prompts, device=device)
         table = _with_features(table, p_free, z_free)
         meta = {"key": keys[name][0], "parts": keys[name][1], "split": name,
-                "rows": table.num_rows, "source": raw.source}
+                "rows": table.num_rows, "source": raw.source, "digest": _content_digest(table)}
         table = table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
         paths[name].parent.mkdir(parents=True, exist_ok=True)
         _write_atomic(table, paths[name])
         # Hand back the memory-mapped file, so a fresh build and a cache hit read alike.
-        tables[name] = _read(paths[name], keys[name], log=print)
-    print(f"store: built {', '.join(names)} for {cfg.task} in "
-          f"{time.perf_counter() - started:.1f}s under {paths[names[0]].parent.parent}",
-          file=sys.stderr)
+        tables[name] = _read(paths[name], keys[name], log)
+        if tables[name] is None:
+            raise RuntimeError(f"store: {paths[name]} is unreadable right after writing it")
+    log(f"store: built {', '.join(names)} for {cfg.task} in "
+        f"{time.perf_counter() - started:.1f}s under {paths[names[0]].parent.parent}")
     return tables
 
 

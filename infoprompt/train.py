@@ -38,6 +38,9 @@ class Diverged(InfoPromptError):
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise InfoPromptError(f"--device {name}, but torch sees no CUDA GPU here; use "
+                              "--device auto (GPU when there is one) or --device cpu")
     return torch.device(name)
 
 
