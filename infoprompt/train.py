@@ -248,12 +248,14 @@ class Training:
         return self.evaluate(SplitTensors.from_table(self.splits.test))
 
     # --- checkpoints --------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        """Trainable parameters, optimizer, schedule and progress; never the frozen encoder."""
+    def state(self, *, with_best: bool = True) -> dict[str, Any]:
+        """Trainable parameters, optimizer, schedule and progress; never the frozen encoder.
+        `with_best=False` leaves out the best epoch's parameters (a quarter of the size),
+        which only `test()` needs."""
         return {"config": self.cfg.to_dict(), "epoch": self.epoch,
                 "model": self.model.trainable_state(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "history": self.history,
-                "best": (self.best_epoch, self.best_valid, self.best_state),
+                "best": (self.best_epoch, self.best_valid, self.best_state if with_best else None),
                 "rng": torch.get_rng_state()}
 
     def _load(self, state: dict[str, Any]) -> None:

@@ -348,6 +348,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     storage, name = experiment_path(args, cfg)
     path = f"{storage.rstrip('/')}/{name}"
 
+    # Save the experiment state every second rather than every 10 s or more, so that a
+    # killed driver leaves state that names checkpoints still on disk.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
     import ray
     from ray import tune
 

@@ -53,7 +53,8 @@ def trainable(params: dict[str, Any], *, base: InfoPromptConfig, splits: Splits,
         # Which Ray node ran this epoch: on one machine every node shares node_ip.
         metrics["node_id"] = ray.get_runtime_context().get_node_id()
         with tempfile.TemporaryDirectory() as folder:
-            torch.save([run.state() for run in runs], Path(folder) / STATE_FILE)
+            # Trials are never scored on test, so the best epoch's copy stays out.
+            torch.save([run.state(with_best=False) for run in runs], Path(folder) / STATE_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
 
 

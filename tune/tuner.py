@@ -52,7 +52,10 @@ def build_tuner(base: InfoPromptConfig, splits: Splits, *, space: dict[str, Rang
             name=name, storage_path=storage_path,
             # A failed trial (a lost node, say) restarts from its last epoch's checkpoint.
             failure_config=tune.FailureConfig(max_failures=max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # More than one: the experiment state that --resume reads is saved every
+            # TUNE_GLOBAL_CHECKPOINT_S (set in search.py) and may still name an older
+            # checkpoint when the driver dies (ray-project/ray#27790).
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=3),
             verbose=1))
 
 
