@@ -48,16 +48,18 @@ def load_tokenizer(name: str) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def load_encoder(name: str) -> PreTrainedModel:
-    """A fresh encoder with every weight frozen (callers unfreeze what their method trains)."""
+def load_encoder(name: str, *, attn_implementation: str | None = None) -> PreTrainedModel:
+    """A fresh encoder with every weight frozen (callers unfreeze what their method trains).
+    `attn_implementation` ("eager", "sdpa", …) overrides the model's default attention."""
     # Every trial loads the encoder: its progress bar and the report on the unused pooler
     # would bury the search's own output.
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+    options = {"attn_implementation": attn_implementation} if attn_implementation else {}
     try:
-        encoder = AutoModel.from_pretrained(model_path(name), add_pooling_layer=False)
+        encoder = AutoModel.from_pretrained(model_path(name), add_pooling_layer=False, **options)
     except TypeError:  # encoders without a pooler do not take the argument
-        encoder = AutoModel.from_pretrained(model_path(name))
+        encoder = AutoModel.from_pretrained(model_path(name), **options)
     except Exception as error:  # noqa: BLE001
         raise EncoderError(f"cannot load model {name!r}: {_first_line(error)}") from None
     encoder.requires_grad_(False)

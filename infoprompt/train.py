@@ -87,6 +87,15 @@ def make_batch(split: SplitTensors, rows: list[int], *, n_prompts: int, with_pro
             "p_free": split.p_free[rows], "z_free": split.z_free[rows]}
 
 
+def _adamw(groups: list[dict], **options: Any) -> torch.optim.AdamW:
+    """AdamW with one fused kernel per parameter instead of a dozen small ops (CPU, 0.8 M
+    trainable weights: 0.9 ms a step instead of 4.7). torch < 2.4 has no fused CPU kernel."""
+    try:
+        return torch.optim.AdamW(groups, fused=True, **options)
+    except RuntimeError:
+        return torch.optim.AdamW(groups, foreach=True, **options)
+
+
 class Training:
     """State of one run. `epochs()` trains and yields metrics; `state()` is a checkpoint."""
 
@@ -99,13 +108,16 @@ class Training:
         self.pad_to = pad_to
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
-        self.model = InfoPromptModel(cfg, load_encoder(cfg.model), splits.task.num_labels)
+        # torch's CPU flash-attention backward in bf16 costs ~9x its fp32 one (MiniLM, batch
+        # 8 x 64): plain matmul attention halves a bf16 step on CPU. CUDA keeps SDPA.
+        attention = "eager" if cfg.bf16 and self.device.type == "cpu" else None
+        self.model = InfoPromptModel(cfg, load_encoder(cfg.model, attn_implementation=attention),
+                                     splits.task.num_labels)
         self.model.to(self.device)
         self.train_data = SplitTensors.from_table(splits.train)
         self.valid_data = SplitTensors.from_table(splits.valid)
         self.steps_per_epoch = math.ceil(len(self.train_data) / cfg.batch_size)
-        self.optimizer = torch.optim.AdamW(self._param_groups(), lr=cfg.lr,
-                                           weight_decay=cfg.weight_decay)
+        self.optimizer = _adamw(self._param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         total = self.steps_per_epoch * cfg.epochs
         warmup = max(1, int(cfg.warmup_ratio * total))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(

@@ -1,0 +1,92 @@
+"""bench/step_time.py with a tiny budget, so the benchmark cannot rot unnoticed.
+
+Needs the real GLUE data in ../shared/glue (CoLA and SST-2); skipped where it is absent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "bench" / "step_time.py"
+GLUE = ROOT.parent / "shared" / "glue"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_step_time", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def own_section() -> str | None:
+    """This benchmark's section of BENCHMARKS.md, markers included (None if absent)."""
+    path = ROOT / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else ""
+    bench = load_bench()
+    start = text.find(bench.BEGIN)
+    return text[start:text.index(bench.END, start)] if start >= 0 else None
+
+
+def test_help_works() -> None:
+    done = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True,
+                          text=True, timeout=120, check=True)
+    for flag in ("--steps", "--warmup", "--model", "--data-dir", "--out", "--smoke"):
+        assert flag in done.stdout
+
+
+def test_write_section_replaces_only_its_own(tmp_path: Path) -> None:
+    bench = load_bench()
+    path = tmp_path / "BENCHMARKS.md"
+    other = "<!-- BEGIN bench/other.py -->\n## Other\n\nkeep me\n<!-- END bench/other.py -->"
+    path.write_text(f"# Benchmarks\n\n{other}\n")
+    bench.write_section(path, f"{bench.SECTION}\n\nfirst\n")
+    bench.write_section(path, f"{bench.SECTION}\n\nsecond\n")
+    text = path.read_text()
+    assert text.count(bench.SECTION) == 1 and "second" in text and "first" not in text
+    assert other in text and text.index(other) < text.index(bench.SECTION)
+    path.write_text(text + f"\n{other.replace('other', 'later')}\n")
+    bench.write_section(path, f"{bench.SECTION}\n\nthird\n")
+    text = path.read_text()
+    assert "third" in text and "second" not in text and other.replace("other", "later") in text
+    # A bare heading (written by hand, no markers) is taken over, the rest kept.
+    path.write_text(f"# Benchmarks\n\n{bench.SECTION}\n\nold\n\n{other}\n")
+    bench.write_section(path, f"{bench.SECTION}\n\nnew\n")
+    text = path.read_text()
+    assert "old" not in text and "new" in text and other in text
+    assert text.count(bench.BEGIN) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (GLUE / "CoLA").is_dir() or not (GLUE / "SST-2").is_dir(),
+                    reason="needs ../shared/glue with CoLA and SST-2")
+def test_smoke_run_prints_every_figure(tmp_path: Path) -> None:
+    before = own_section()
+    done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out",
+                           str(tmp_path / "unused.md"), "--data-dir", str(GLUE)],
+                          capture_output=True, text=True, timeout=900, cwd=tmp_path,
+                          check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [r["dtype"] for r in result["step_time"]] == ["fp32", "bf16"]
+    for row in result["step_time"]:
+        for key in ("floor_ms", "step_ms", "naive_ms", "step_over_floor", "naive_over_step"):
+            assert row[key] > 0
+    assert set(result["bf16_over_fp32"]) == {"floor", "step", "naive"}
+    assert result["cola_epoch"]["fixed"]["epoch_s"] > 0
+    assert result["cola_epoch"]["dynamic"]["tokens_per_batch"] < 128
+    assert result["store_build"]["build_s"] > 0
+    # Memory-mapped tables are shared: a second reader maps them without private copies.
+    assert result["reader_memory"]["tables_shared"]
+    assert len(result["targets"]) == 5
+    # --smoke never writes, and the report renders from what it printed.
+    assert not (tmp_path / "unused.md").exists()
+    assert own_section() == before  # (other scripts may write their sections meanwhile)
+    text = load_bench().markdown(result, "python bench/step_time.py --smoke")
+    assert text.startswith(load_bench().SECTION) and "| fp32 |" in text
