@@ -59,7 +59,9 @@ def read_results(experiment: Path) -> dict:
 
 def experiment_state(experiment: Path) -> dict[str, dict]:
     """trial_id -> {"status", "last_result"} from Tune's newest experiment_state file."""
-    files = sorted(experiment.glob("experiment_state-*.json"), key=os.path.getmtime)
+    # By the session time in the name, not mtime: Ray's sync to the storage path rewrites an
+    # older session's file after a resume, which makes it look newest.
+    files = sorted(experiment.glob("experiment_state-*.json"))
     if not files:
         return {}
     try:

@@ -1,0 +1,429 @@
+"""Few-shot methods table shaped like the paper's Table 3 (64-shot CoLA and SST-2), on MiniLM.
+
+Rows: a linear probe on the stored frozen features P' (LogisticRegression, C chosen on valid),
+finetune, adapter, warp, idpg, infoprompt (paper defaults, bilinear critic), infoprompt with
+the cosine critic, the ablations gamma0, beta0, pred_only, and infoprompt with the best
+configuration of a search on that task (selected on valid only), once with --cv-folds 1 and
+once with --cv-folds 2.
+
+Protocol (every row the same): seeds 0..N-1 each draw their own 64-shot train and valid split
+from GLUE train; a run trains `--epochs` epochs, keeps the parameters of its best-valid epoch
+and scores them once on GLUE dev (the test split). Table cells are mean ± std over seeds.
+The searched rows: tune/search.py on seed 0's split (Optuna TPE + ASHA, `--search-samples`
+trials of at most `--search-epochs` epochs, --final-seeds 0, so the search never sees test);
+its best config is then trained and scored exactly like every other row.
+
+Independent fits run in `--workers` processes (spawn) with one torch thread each. Every finished
+run is saved to a JSON file at once; a re-run skips what that file already holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS, add_common_arguments, emit, provenance, write_section
+
+SECTION = "bench/methods_table.py"
+
+# label -> (method, config overrides); the order is the table's.
+FIXED_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
+    "Finetuning": ("finetune", {}),
+    "Adapter": ("adapter", {}),
+    "WARP": ("warp", {}),
+    "IDPG": ("idpg", {}),
+    "InfoPrompt (bilinear critic, paper defaults)": ("infoprompt", {}),
+    "InfoPrompt, cosine critic": ("infoprompt", {"critic": "cosine"}),
+    "γ = 0 (gamma0)": ("gamma0", {}),
+    "β = 0 (beta0)": ("beta0", {}),
+    "γ = 0, β = 0 (pred_only)": ("pred_only", {}),
+}
+PROBE = "Linear probe on P' (LogisticRegression)"
+
+# The paper's Table 3, 64-shot columns (RoBERTa-large), copied from the paper's text.
+PAPER = {
+    "Finetuning": {"cola": 0.1746, "sst2": 0.8027},
+    "Adapter": {"cola": 0.0627, "sst2": 0.4908},
+    "WARP": {"cola": 0.0749, "sst2": 0.5872},
+    "InfoPrompt (bilinear critic, paper defaults)": {"cola": 0.1567, "sst2": 0.6697},
+    "γ = 0 (gamma0)": {"cola": 0.1479, "sst2": 0.664},
+    "β = 0 (beta0)": {"cola": 0.1372, "sst2": 0.5631},
+    "γ = 0, β = 0 (pred_only)": {"cola": 0.0919, "sst2": 0.5505},
+}
+TASK_TITLE = {"cola": "CoLA", "sst2": "SST2", "demo": "demo"}
+# Rough relative cost of one fit, to start the long ones first (two workers finish together).
+COST = {"finetune": 3.0, "adapter": 1.1}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", nargs="+", default=["cola", "sst2"])
+    parser.add_argument("--shots", type=int, default=64)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default: 3)")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--model", default="minilm")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="parallel fit processes, one torch thread each (default: 2)")
+    parser.add_argument("--rows", nargs="+", default=None,
+                        help="only these row labels (default: all); 'probe', 'search' or a "
+                             "method name also select rows")
+    parser.add_argument("--search-samples", type=int, default=12)
+    parser.add_argument("--search-epochs", type=int, default=10)
+    parser.add_argument("--cv-folds", type=int, nargs="*", default=[1, 2],
+                        help="one searched row per value (default: 1 2; none: no search rows)")
+    parser.add_argument("--storage-path", default=None,
+                        help="where the searches keep their Ray results "
+                             "(default: a temporary folder)")
+    parser.add_argument("--results", type=Path, default=RESULTS / "methods_table.json",
+                        help="per-run results, saved as they finish and reused on a re-run")
+    add_common_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.tasks, args.shots, args.seeds, args.epochs = ["demo"], 16, 1, 1
+        args.search_samples, args.search_epochs, args.cv_folds = 2, 1, [2]
+        args.rows = args.rows or ["probe", "infoprompt", "finetune", "search"]
+        args.results = Path(tempfile.mkdtemp(prefix="bench-methods-")) / "methods_table.json"
+        args.no_write = True
+    return args
+
+
+# --- the runs ------------------------------------------------------------------------------
+
+
+def base_config(args: argparse.Namespace, task: str):
+    from infoprompt.config import InfoPromptConfig
+
+    return InfoPromptConfig(task=task, shots=args.shots, model=args.model,
+                            data_dir=None if task == "demo" else args.data_dir,
+                            cache_dir=args.cache_dir, epochs=args.epochs, device="cpu")
+
+
+def _init_worker() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def fit_job(config: dict[str, Any]) -> dict[str, Any]:
+    """One run in a worker process: train, keep the best-valid epoch, score test."""
+    from infoprompt.config import InfoPromptConfig
+    from infoprompt.store import load_splits
+    from infoprompt.train import fit
+
+    started = time.perf_counter()
+    cfg = InfoPromptConfig.from_dict(config)
+    summary = fit(cfg, length_sorted_test(load_splits(cfg, log=lambda message: None)))
+    return {"test_metric": summary["test_metric"], "best_valid_metric": summary["best_valid_metric"],
+            "best_epoch": summary["best_epoch"], "seconds": time.perf_counter() - started,
+            "config": config}
+
+
+def length_sorted_test(splits):
+    """The test rows sorted by length: evaluation pads each batch to its longest row, so this
+    only saves time (the metric does not depend on the order of the rows)."""
+    import dataclasses
+
+    import numpy as np
+
+    lengths = [len(ids) for ids in splits.test.column("input_ids").to_pylist()]
+    order = np.argsort(lengths, kind="stable")
+    return dataclasses.replace(splits, test=splits.test.take(order))
+
+
+def probe_job(cfg) -> dict[str, Any]:
+    """LogisticRegression on the frozen mean-pooled features P' (column p_free), C on valid."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from infoprompt.metrics import classification_metrics
+    from infoprompt.store import load_splits
+
+    started = time.perf_counter()
+    splits = load_splits(cfg, log=lambda message: None)
+    metric, n_labels = splits.task.metric, splits.task.num_labels
+
+    def xy(table):
+        column = table.column("p_free").combine_chunks()
+        x = np.asarray(column.values.to_numpy(zero_copy_only=False)).reshape(len(column), -1)
+        return x, table.column("label").to_numpy()
+
+    (x_train, y_train), (x_valid, y_valid), (x_test, y_test) = map(
+        xy, (splits.train, splits.valid, splits.test))
+    scores = {}
+    for c in (0.01, 0.1, 1.0, 10.0, 100.0):
+        model = LogisticRegression(C=c, max_iter=5000).fit(x_train, y_train)
+        scores[c] = classification_metrics(y_valid.tolist(), model.predict(x_valid).tolist(),
+                                           n_labels)[metric]
+    best_c = max(scores, key=lambda c: (scores[c], -c))  # ties: the stronger regularisation
+    model = LogisticRegression(C=best_c, max_iter=5000).fit(x_train, y_train)
+    test = classification_metrics(y_test.tolist(), model.predict(x_test).tolist(),
+                                  n_labels)[metric]
+    return {"test_metric": test, "best_valid_metric": scores[best_c], "C": best_c,
+            "valid_by_C": {str(c): v for c, v in scores.items()},
+            "seconds": time.perf_counter() - started}
+
+
+def run_search(args: argparse.Namespace, task: str, folds: int, storage: str) -> dict[str, Any]:
+    """tune/search.py on seed 0's split, valid only (--final-seeds 0): the best config."""
+    from tune.search import main as search_main
+
+    started = time.perf_counter()
+    name = f"bench-methods-{task}-cv{folds}-{time.strftime('%Y%m%d-%H%M%S')}"
+    argv = ["--task", task, "--shots", str(args.shots), "--model", args.model,
+            "--cache-dir", args.cache_dir, "--epochs", str(args.search_epochs),
+            "--num-samples", str(args.search_samples), "--cv-folds", str(folds),
+            "--grace-period", str(min(2, args.search_epochs)),
+            "--final-seeds", "0", "--seed", "0", "--method", "infoprompt",
+            "--storage-path", storage, "--name", name]
+    if task != "demo":
+        argv += ["--data-dir", args.data_dir]
+    print(f"search: python tune/search.py {' '.join(argv)}", flush=True)
+    out = search_main(argv)
+    summary = out["summary"]
+    return {"best_config": summary.best_config, "best_valid_metric": summary.best_valid_metric,
+            "trials": len(summary.trials), "stopped_early": summary.stopped_early,
+            "trial_epochs": sum(t.epochs for t in summary.trials) * folds,
+            "path": out["path"], "seconds": time.perf_counter() - started, "argv": argv}
+
+
+class Store:
+    """The results JSON: written whole (atomically) after every finished run."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = json.loads(path.read_text()) if path.exists() else {}
+        self.data.setdefault("runs", {})
+        self.data.setdefault("searches", {})
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=float))
+        os.replace(tmp, self.path)
+
+
+def run_key(task: str, label: str, seed: int, args: argparse.Namespace) -> str:
+    return f"{task}|{label}|shots{args.shots}|ep{args.epochs}|{args.model}|seed{seed}"
+
+
+def search_key(task: str, folds: int, args: argparse.Namespace) -> str:
+    return (f"{task}|cv{folds}|shots{args.shots}|n{args.search_samples}|"
+            f"ep{args.search_epochs}|{args.model}")
+
+
+def searched_label(folds: int) -> str:
+    return f"InfoPrompt, searched (--cv-folds {folds})"
+
+
+def selected(label: str, method: str | None, args: argparse.Namespace) -> bool:
+    if not args.rows:
+        return True
+    keys = {label}
+    if method:
+        keys.add(method)
+    if label == PROBE:
+        keys.add("probe")
+    if label.startswith("InfoPrompt, searched"):
+        keys.add("search")
+    return bool(keys & set(args.rows))
+
+
+# --- the table -----------------------------------------------------------------------------
+
+
+def aggregate(store: Store, labels: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    table: dict[str, dict[str, dict[str, Any]]] = {}
+    for label in labels:
+        for task in args.tasks:
+            values = [store.data["runs"][k]["test_metric"]
+                      for k in (run_key(task, label, s, args) for s in range(args.seeds))
+                      if k in store.data["runs"]]
+            values = [v for v in values if v is not None and math.isfinite(v)]
+            if values:
+                table.setdefault(label, {})[task] = {
+                    "mean": statistics.fmean(values),
+                    "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                    "n": len(values), "per_seed": values}
+    return table
+
+
+def markdown(store: Store, table: dict[str, Any], labels: list[str],
+             args: argparse.Namespace, wall: float) -> str:
+    tasks = args.tasks
+    metric = {"cola": "MCC", "sst2": "acc.", "demo": "acc."}
+    head = ["method"] + [f"{TASK_TITLE.get(t, t)} ({args.shots}) {metric.get(t, '')}, ours"
+                         for t in tasks]
+    head += [f"{TASK_TITLE.get(t, t)} (64), paper" for t in tasks if t in ("cola", "sst2")]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for label in labels:
+        cells = [label]
+        for task in tasks:
+            stats = table.get(label, {}).get(task)
+            if stats is None:
+                cells.append("–")
+            else:
+                partial = "" if stats["n"] == args.seeds else f" (n={stats['n']})"
+                cells.append(f"{stats['mean']:.4f} ± {stats['std']:.4f}{partial}")
+        for task in tasks:
+            if task in ("cola", "sst2"):
+                value = PAPER.get(label, {}).get(task)
+                cells.append("–" if value is None else f"{value:.4f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    searches = []
+    for task in tasks:
+        for folds in args.cv_folds:
+            found = store.data["searches"].get(search_key(task, folds, args))
+            if found:
+                config = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in sorted(found["best_config"].items()))
+                searches.append(
+                    f"- {TASK_TITLE.get(task, task)}, --cv-folds {folds}: best valid "
+                    f"{found['best_valid_metric']:.4f} with {config} ({found['trials']} trials, "
+                    f"{found['stopped_early']} stopped by ASHA, {found['trial_epochs']} "
+                    f"trial-epochs, {found['seconds'] / 60:.1f} min)")
+    return "\n".join([
+        "## Few-shot methods table (`bench/methods_table.py`)", "",
+        f"Test metric (GLUE dev; CoLA: Matthews corr., SST-2: accuracy), mean ± std over "
+        f"{args.seeds} seeds, {args.shots}-shot, encoder {args.model} (ours) vs RoBERTa-large "
+        "(paper, Table 3, 64-shot columns; the paper has no IDPG, linear-probe, cosine or "
+        "searched rows).", "",
+        *lines, "",
+        f"Protocol: seed s draws its own class-balanced {args.shots}-shot train and a disjoint "
+        f"{args.shots}-shot valid split from GLUE train; each run trains {args.epochs} epochs "
+        "(batch 8, paper defaults: lr 1e-3, β 0.1, γ 0.05, K 32, r 64, n_p 4; finetune: "
+        "encoder lr 2e-5), keeps its best-valid epoch and is scored once on GLUE dev. Linear "
+        "probe: sklearn LogisticRegression on the stored prompt-free mean-pooled features P', "
+        "C ∈ {0.01, 0.1, 1, 10, 100} chosen on valid, trained on train. Searched rows: "
+        f"`tune/search.py` (Optuna TPE + ASHA, {args.search_samples} trials of at most "
+        f"{args.search_epochs} epochs, grace 2, reduction 3, paper defaults as the first trial, "
+        "--final-seeds 0) on seed 0's train/valid — it never sees test — then its best config "
+        f"is trained for {args.epochs} epochs on every seed like the other rows. The paper's "
+        "γ = 0 row keeps β = 0.05 and its β = 0 row γ = 0.1; ours keep the defaults (β 0.1, "
+        "γ 0.05).", "",
+        "Searches:", *searches, "",
+        provenance(wall) + f" Fits ran in {args.workers} worker processes, 1 torch thread "
+        f"each. Per-run results: `{_display(args.results)}`.",
+    ])
+
+
+def _display(path: Path) -> str:
+    from _common import ROOT
+
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+# --- main ----------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    started = time.perf_counter()
+    store = Store(args.results)
+    print(f"results: {args.results} ({len(store.data['runs'])} runs already there)", flush=True)
+
+    from infoprompt.store import load_splits
+
+    # Build every store once here, so the workers only read.
+    for task in args.tasks:
+        for seed in range(args.seeds):
+            load_splits(base_config(args, task).replace(seed=seed))
+
+    labels = [PROBE] if selected(PROBE, None, args) else []
+    labels += [label for label, (method, _) in FIXED_ROWS.items()
+               if selected(label, method, args)]
+
+    # 1. Searches (Ray uses every core: nothing else runs meanwhile).
+    storage = args.storage_path or tempfile.mkdtemp(prefix="bench-methods-ray-")
+    searched = [folds for folds in args.cv_folds if selected(searched_label(folds), None, args)]
+    for task in args.tasks:
+        for folds in searched:
+            key = search_key(task, folds, args)
+            if key not in store.data["searches"]:
+                store.data["searches"][key] = run_search(args, task, folds, storage)
+                store.save()
+    labels += [searched_label(folds) for folds in searched]
+
+    # 2. Linear probes (seconds, in this process).
+    if PROBE in labels:
+        for task in args.tasks:
+            for seed in range(args.seeds):
+                key = run_key(task, PROBE, seed, args)
+                if key not in store.data["runs"]:
+                    store.data["runs"][key] = probe_job(base_config(args, task).replace(seed=seed))
+                    store.save()
+
+    # 3. Every other run, in worker processes.
+    jobs: dict[str, dict[str, Any]] = {}
+    for task in args.tasks:
+        base = base_config(args, task)
+        for label in labels:
+            if label == PROBE:
+                continue
+            if label in FIXED_ROWS:
+                method, overrides = FIXED_ROWS[label]
+                params = {"method": method, **overrides}
+            else:
+                folds = int(label.rsplit(" ", 1)[1].rstrip(")"))
+                params = {"method": "infoprompt",
+                          **store.data["searches"][search_key(task, folds, args)]["best_config"]}
+            for seed in range(args.seeds):
+                key = run_key(task, label, seed, args)
+                if key not in store.data["runs"]:
+                    jobs[key] = base.replace(**params, seed=seed).to_dict()
+    # Seed by seed (an interrupted run then has whole seeds), the long fits first in each.
+    order = sorted(jobs, key=lambda k: (jobs[k]["seed"], -COST.get(jobs[k]["method"], 1.0)))
+    print(f"{len(order)} fits to run ({args.workers} workers)", flush=True)
+    if order:
+        context = multiprocessing.get_context("spawn")
+        with futures.ProcessPoolExecutor(args.workers, mp_context=context,
+                                         initializer=_init_worker) as pool:
+            running = {pool.submit(fit_job, jobs[key]): key for key in order}
+            for done, future in enumerate(futures.as_completed(running), 1):
+                key = running[future]
+                store.data["runs"][key] = future.result()
+                store.save()
+                elapsed = time.perf_counter() - started
+                print(f"[{done}/{len(order)}] {key}: test "
+                      f"{store.data['runs'][key]['test_metric']:.4f} "
+                      f"({store.data['runs'][key]['seconds']:.0f}s; {elapsed / 60:.1f} min in)",
+                      flush=True)
+
+    wall = time.perf_counter() - started
+    store.data["last_wall_seconds"] = wall
+    store.save()
+    table = aggregate(store, labels, args)
+    text = markdown(store, table, labels, args, wall)
+    print("\n" + text + "\n", flush=True)
+    if not args.no_write:
+        write_section(SECTION, text)
+    figures = {"tasks": args.tasks, "seeds": args.seeds, "epochs": args.epochs,
+               "mean": {label: {t: s["mean"] for t, s in row.items()}
+                        for label, row in table.items()},
+               "std": {label: {t: s["std"] for t, s in row.items()}
+                       for label, row in table.items()},
+               "searches": {k: {"best_config": v["best_config"],
+                                "best_valid_metric": v["best_valid_metric"]}
+                            for k, v in store.data["searches"].items()},
+               "wall_s": round(wall, 1), "results": str(args.results)}
+    emit(figures)
+    return figures
+
+
+if __name__ == "__main__":
+    main()
