@@ -4,7 +4,6 @@ leaving BENCHMARKS.md alone."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -42,8 +41,6 @@ def test_help_answers_without_running_anything(script: str) -> None:
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("script", sorted(HEADLINE_KEYS))
 def test_smoke_prints_its_headline_figures(script: str, bench_store: Path) -> None:
-    if script == "peers.py" and importlib.util.find_spec("peft") is None:
-        pytest.skip("peft is an optional bench dependency: pip install -e '.[bench]'")
     from _common import read_section
 
     before = read_section(f"bench/{script}")
