@@ -1,6 +1,6 @@
 """bench/step_time.py with a tiny budget, so the benchmark cannot rot unnoticed.
 
-Needs the real GLUE data in ../shared/glue (CoLA and SST-2); skipped where it is absent.
+Needs the real GLUE data in ../shared/glue (CoLA and SST-2); fails where it is absent.
 """
 
 from __future__ import annotations
@@ -64,9 +64,9 @@ def test_write_section_replaces_only_its_own(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (GLUE / "CoLA").is_dir() or not (GLUE / "SST-2").is_dir(),
-                    reason="needs ../shared/glue with CoLA and SST-2")
 def test_smoke_run_prints_every_figure(tmp_path: Path) -> None:
+    assert (GLUE / "CoLA").is_dir() and (GLUE / "SST-2").is_dir(), \
+        f"needs the shared GLUE folder with CoLA and SST-2 at {GLUE}"
     before = own_section()
     done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out",
                            str(tmp_path / "unused.md"), "--data-dir", str(GLUE)],

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-ray = pytest.importorskip("ray")
-jsonschema = pytest.importorskip("jsonschema")  # what Ray's validate_config uses
+import ray  # noqa: E402 - hard dependencies: a missing one must fail, not skip
+import jsonschema  # noqa: E402,F401 - what Ray's validate_config uses
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]
