@@ -17,11 +17,10 @@ import re
 import shlex
 from pathlib import Path
 
-import pytest
-import yaml
-
-import ray  # noqa: E402 - hard dependencies: a missing one must fail, not skip
 import jsonschema  # noqa: E402,F401 - what Ray's validate_config uses
+import pytest
+import ray  # noqa: E402 - hard dependencies: a missing one must fail, not skip
+import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 ROOT = Path(__file__).resolve().parents[1]

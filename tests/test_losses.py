@@ -10,8 +10,14 @@ import torch
 from torch import nn
 
 from infoprompt.config import Critic
-from infoprompt.losses import (_reparameterise, info_nce, mi_bound, nce_head, nce_rep,
-                               sample_token_negatives)
+from infoprompt.losses import (
+    _reparameterise,
+    info_nce,
+    mi_bound,
+    nce_head,
+    nce_rep,
+    sample_token_negatives,
+)
 from infoprompt.model import PairCritic
 
 B, D, K, C = 3, 5, 4, 3
