@@ -205,8 +205,8 @@ def interleaved_steps(cfg, splits, *, peft_lr: float, args: argparse.Namespace
     ours = Training(cfg, splits, pad_to=args.seq_len)
     two_pass = Training(cfg, splits, pad_to=args.seq_len, recompute_prompt_free=True)
     peft = PeftRun(cfg, splits, lr=peft_lr, args=args)
-    ours.model.train()
-    two_pass.model.train()
+    peft.model.train()  # as in its training run (dropout on); ours keep the frozen encoder in
+    # eval mode, as Training does
     order = ours.epoch_order(0)
 
     def ours_step(training, rows) -> float:
