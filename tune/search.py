@@ -100,6 +100,10 @@ def check_args(args: argparse.Namespace) -> None:
         raise InfoPromptError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise InfoPromptError(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+    epochs = getattr(args, "epochs", InfoPromptConfig().epochs)
+    if args.grace_period > epochs:
+        raise InfoPromptError(f"--grace-period {args.grace_period} is more than --epochs "
+                              f"{epochs}: ASHA cannot wait longer than a trial runs; lower it")
     if args.gpus_per_trial > 0 and not args.address:
         import torch  # a new local Ray sees the GPUs torch sees; starting it takes a while
 
