@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import pytest
+from tune_state import experiment_state
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -288,20 +289,23 @@ def test_driver_loss_then_resume_finishes_the_search(cluster, tmp_path):
     """One trial at a time (--max-concurrent 1): the first finishes, the second is cut off
     mid-run by SIGKILL to the driver; `--resume --name` keeps the first and continues the
     second from its last checkpoint."""
-    storage, name, total = cluster.root / "resume", "resume", 4
+    # Enough epochs that the second trial is still early on when the driver's saved state
+    # (every TUNE_GLOBAL_CHECKPOINT_S = 1 s) first shows the first trial finished: an epoch
+    # takes ~0.3 s here and ~0.1 s on CI, where 4 epochs were once all done before the kill.
+    storage, name, total = cluster.root / "resume", "resume", 30
     args = search_args(cluster, storage, name, samples=2, epochs=total,
                        extra=("--max-concurrent", "1"))
     experiment = storage / name
     driver = Driver.search(args, tmp_path / "first")
 
-    def one_done_one_running():
-        done = [t for t in trials(experiment) if len(progress(t)) >= total]
-        running = [t for t in trials(experiment) if 1 <= len(progress(t)) < total]
-        return (done[0], running[0]) if done and running else None
+    def one_saved_done_one_running():
+        done = {t for t, s in experiment_state(experiment).items() if s["status"] == "TERMINATED"}
+        running = [t for t in trials(experiment)
+                   if t.name.removeprefix("trial_") not in done and 1 <= len(progress(t)) < total]
+        return (experiment / f"trial_{min(done)}", running[0]) if done and running else None
 
-    finished, interrupted = wait_until(one_done_one_running, timeout=180, driver=driver,
-                                       what="one finished trial and one in progress")
-    time.sleep(0.3)  # let the driver snapshot the experiment state after that result
+    finished, interrupted = wait_until(one_saved_done_one_running, timeout=180, driver=driver,
+                                       what="a saved finished trial and one in progress")
     driver.kill()
     assert driver.process.returncode == -signal.SIGKILL
     kept = (finished / "progress.csv").read_bytes()
@@ -363,15 +367,20 @@ def test_node_loss_resumes_the_trial_from_its_checkpoint_elsewhere(cluster, tmp_
     before, after = rows[:starts[1]], rows[starts[1]:]
     assert {row["node_id"] for row in before} == {host}
     assert host not in {row["node_id"] for row in after}
-    last_checkpoint_epoch = int(before[-1]["epoch"])  # every epoch reports a checkpoint
+    last_reported = int(before[-1]["epoch"])
     resumed_at = int(after[0]["epoch"])
-    assert last_checkpoint_epoch >= 2
-    assert resumed_at == last_checkpoint_epoch + 1, epochs(rows)
-    assert epochs(rows) == list(range(1, total + 1))  # no epoch lost, none repeated
+    assert epochs(before) == list(range(1, last_reported + 1)) and last_reported >= 2
+    # Every epoch reports a checkpoint, but Tune writes the result (progress.csv) before it
+    # registers that result's checkpoint (a separate save step on the trial's actor, see
+    # TuneController._process_trial_result): a node lost in between leaves the previous
+    # epoch's checkpoint as the trial's latest. Seen on CI: last row epoch 6, resumed at 6.
+    assert resumed_at in (last_reported, last_reported + 1), epochs(rows)
+    assert resumed_at >= 2, "the trial started over instead of resuming"
+    assert epochs(after) == list(range(resumed_at, total + 1)), epochs(rows)
 
     summary = results(experiment)
     assert [(t["status"], t["epochs"]) for t in summary["trials"]] == [("completed", total)]
     print(f"\nFIGURES node-loss: trial on {host[:8]} lost its node after epoch "
-          f"{last_checkpoint_epoch}, resumed at epoch {resumed_at} on "
+          f"{last_reported}, resumed at epoch {resumed_at} on "
           f"{after[0]['node_id'][:8]}; {len(rows)} epochs in all, status "
           f"{summary['trials'][0]['status']}")

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from tune_state import experiment_state
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_DEFAULT = {"beta": 0.1, "gamma": 0.05, "k_negatives": 32, "lr": 1e-3, "bottleneck": 64}
@@ -55,25 +56,6 @@ def tail(process, lines: int = 60) -> str:
 
 def read_results(experiment: Path) -> dict:
     return json.loads((experiment / "results.json").read_text())
-
-
-def experiment_state(experiment: Path) -> dict[str, dict]:
-    """trial_id -> {"status", "last_result"} from Tune's newest experiment_state file."""
-    # By the session time in the name, not mtime: Ray's sync to the storage path rewrites an
-    # older session's file after a resume, which makes it look newest.
-    files = sorted(experiment.glob("experiment_state-*.json"))
-    if not files:
-        return {}
-    try:
-        body = json.loads(files[-1].read_text())
-    except (json.JSONDecodeError, OSError):  # being rewritten right now
-        return {}
-    trials = {}
-    for trial_json, runtime_json in body["trial_data"]:
-        trial, runtime = json.loads(trial_json), json.loads(runtime_json)
-        trials[trial["trial_id"]] = {"status": trial["status"],
-                                     "last_result": runtime.get("last_result") or {}}
-    return trials
 
 
 def optuna_trials(experiment: Path) -> dict[str, object]:

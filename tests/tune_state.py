@@ -1,0 +1,25 @@
+"""Reading what Ray Tune saved of an experiment, for the search and cluster tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def experiment_state(experiment: Path) -> dict[str, dict]:
+    """trial_id -> {"status", "last_result"} from Tune's newest experiment_state file."""
+    # By the session time in the name, not mtime: Ray's sync to the storage path rewrites an
+    # older session's file after a resume, which makes it look newest.
+    files = sorted(experiment.glob("experiment_state-*.json"))
+    if not files:
+        return {}
+    try:
+        body = json.loads(files[-1].read_text())
+    except (json.JSONDecodeError, OSError):  # being rewritten right now
+        return {}
+    trials = {}
+    for trial_json, runtime_json in body["trial_data"]:
+        trial, runtime = json.loads(trial_json), json.loads(runtime_json)
+        trials[trial["trial_id"]] = {"status": trial["status"],
+                                     "last_result": runtime.get("last_result") or {}}
+    return trials
