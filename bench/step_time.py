@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import fcntl
 import gc
 import json
 import math
@@ -50,11 +49,11 @@ from infoprompt.encoder import load_encoder
 from infoprompt.store import load_splits
 from infoprompt.train import SplitTensors, Training
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "glue"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import BENCHMARKS, GLUE, write_section
+
+KEY = "bench/step_time.py"  # its section of BENCHMARKS.md
 SECTION = "## Step time and the Arrow store"
-BEGIN, END = "<!-- BEGIN bench/step_time.py -->", "<!-- END bench/step_time.py -->"
-HEADER = "# Benchmarks\n\nFigures measured by the scripts in `bench/`; each section says how.\n"
 KINDS = ("floor", "step", "naive")
 DTYPES = ("fp32", "bf16")
 
@@ -174,8 +173,8 @@ def _batches(training: Training, count: int) -> list[list[int]]:
 def epoch_times(args: argparse.Namespace, cache_dir: str) -> dict:
     warm, reps = (0, 1) if args.smoke else (1, 3)
     cfg = InfoPromptConfig(task="cola", shots=16 if args.smoke else 64, max_length=128,
-                           data_dir=str(args.data_dir), cache_dir=cache_dir, model=args.model, device="cpu",
-                           epochs=warm + reps)
+                           data_dir=str(args.data_dir), cache_dir=cache_dir, model=args.model,
+                           device="cpu", epochs=warm + reps)
     splits = load_splits(cfg, with_test=False, log=quiet)
     runs = {"fixed": Training(cfg, splits, pad_to=cfg.max_length),
             "dynamic": Training(cfg, splits, pad_to=None)}
@@ -438,38 +437,6 @@ def markdown(result: dict, command: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace this benchmark's section of BENCHMARKS.md, or append it; every other byte stays.
-
-    Same convention as the other bench scripts: the section sits between
-    `<!-- BEGIN bench/step_time.py -->` and `<!-- END ... -->`, and the file is re-read under
-    an exclusive lock right before writing. A bare copy of the heading (no markers) is
-    replaced up to the next heading or marker.
-    """
-    block = f"{BEGIN}\n{text.strip()}\n{END}"
-    path.touch(exist_ok=True)
-    with open(path, "r+", encoding="utf-8") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            current = handle.read()
-            marked = re.compile(re.escape(BEGIN) + r".*?" + re.escape(END), re.DOTALL)
-            bare = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |^<!-- BEGIN |\Z)",
-                              re.DOTALL | re.MULTILINE)
-            if marked.search(current):
-                current = marked.sub(lambda _: block, current, count=1)
-            elif bare.search(current):
-                current = bare.sub(lambda _: block + "\n\n", current, count=1)
-                current = current.rstrip("\n") + "\n"
-            else:
-                current = (current.rstrip() + "\n\n" if current.strip() else HEADER + "\n")
-                current += block + "\n"
-            handle.seek(0)
-            handle.write(current)
-            handle.truncate()
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -487,10 +454,10 @@ def main(argv: list[str] | None = None) -> dict | None:
                         help="measured steps per (dtype, kind), after warm-up (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="warm-up steps (default 5)")
     parser.add_argument("--model", default="minilm", help="encoder (default: embedded MiniLM)")
-    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
-                        help=f"GLUE folder with CoLA and SST-2 (default {DEFAULT_DATA_DIR})")
+    parser.add_argument("--data-dir", type=Path, default=GLUE,
+                        help=f"GLUE folder with CoLA and SST-2 (default {GLUE})")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    parser.add_argument("--out", nargs="?", type=Path, const=REPO / "BENCHMARKS.md",
+    parser.add_argument("--out", nargs="?", type=Path, const=BENCHMARKS,
                         default=None, metavar="FILE",
                         help="write the section to FILE (default BENCHMARKS.md at the repo)")
     parser.add_argument("--smoke", action="store_true",
@@ -532,7 +499,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     }
     result["targets"] = targets(steps)
     if args.out is not None and not args.smoke:
-        write_section(args.out, markdown(result, command))
+        write_section(KEY, markdown(result, command), args.out)
         log(f"wrote '{SECTION}' to {args.out}")
     print(json.dumps(result))
     return result

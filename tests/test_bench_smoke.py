@@ -16,6 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "step_time.py"
 GLUE = ROOT.parent / "shared" / "glue"
+sys.path.insert(0, str(SCRIPT.parent))
+from _common import read_section, write_section  # noqa: E402 - the bench scripts' helpers
 
 
 def load_bench():
@@ -26,12 +28,8 @@ def load_bench():
 
 
 def own_section() -> str | None:
-    """This benchmark's section of BENCHMARKS.md, markers included (None if absent)."""
-    path = ROOT / "BENCHMARKS.md"
-    text = path.read_text() if path.exists() else ""
-    bench = load_bench()
-    start = text.find(bench.BEGIN)
-    return text[start:text.index(bench.END, start)] if start >= 0 else None
+    """This benchmark's section of BENCHMARKS.md (None if absent)."""
+    return read_section(load_bench().KEY)
 
 
 def test_help_works() -> None:
@@ -42,25 +40,23 @@ def test_help_works() -> None:
 
 
 def test_write_section_replaces_only_its_own(tmp_path: Path) -> None:
+    """The section writer all bench scripts share (bench/_common.py)."""
     bench = load_bench()
     path = tmp_path / "BENCHMARKS.md"
     other = "<!-- BEGIN bench/other.py -->\n## Other\n\nkeep me\n<!-- END bench/other.py -->"
     path.write_text(f"# Benchmarks\n\n{other}\n")
-    bench.write_section(path, f"{bench.SECTION}\n\nfirst\n")
-    bench.write_section(path, f"{bench.SECTION}\n\nsecond\n")
+    write_section(bench.KEY, f"{bench.SECTION}\n\nfirst\n", path)
+    write_section(bench.KEY, f"{bench.SECTION}\n\nsecond\n", path)
     text = path.read_text()
     assert text.count(bench.SECTION) == 1 and "second" in text and "first" not in text
     assert other in text and text.index(other) < text.index(bench.SECTION)
-    path.write_text(text + f"\n{other.replace('other', 'later')}\n")
-    bench.write_section(path, f"{bench.SECTION}\n\nthird\n")
+    later = other.replace("other", "later")
+    path.write_text(text + f"\n{later}\n")
+    write_section(bench.KEY, f"{bench.SECTION}\n\nthird\n", path)
     text = path.read_text()
-    assert "third" in text and "second" not in text and other.replace("other", "later") in text
-    # A bare heading (written by hand, no markers) is taken over, the rest kept.
-    path.write_text(f"# Benchmarks\n\n{bench.SECTION}\n\nold\n\n{other}\n")
-    bench.write_section(path, f"{bench.SECTION}\n\nnew\n")
-    text = path.read_text()
-    assert "old" not in text and "new" in text and other in text
-    assert text.count(bench.BEGIN) == 1
+    assert "third" in text and "second" not in text and later in text
+    assert text.index(bench.SECTION) < text.index(later)  # replaced in place, not appended
+    assert read_section(bench.KEY, path).strip() == f"{bench.SECTION}\n\nthird"
 
 
 @pytest.mark.slow
