@@ -334,13 +334,15 @@ def test_diverging_trials_fail_without_stopping_the_search(tmp_path, cache_dir):
     (["--beta-range", "1", "0.1"], "--beta-range needs 0 < LOW <= HIGH, got 1 0.1"),
     (["--k-choices", "1", "8"], "--k-choices must all be >= 2"),
     (["--num-samples", "0"], "--num-samples must be >= 1"),
+    (["--grace-period", "3"], "--grace-period 3 is more than --epochs 2"),
     (["--gpus-per-trial", "1"], "has no GPU"),
     (["--address", "127.0.0.1:1"], "cannot connect to Ray at 127.0.0.1:1"),
     (["--address", "ray://127.0.0.1:1"], "cannot connect to Ray at ray://127.0.0.1:1"),
     (["--resume"], "--resume: no experiment demo-infoprompt-16shot-*"),
     (["--resume", "--name", "nothing-here"], "--resume: no search state at"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
-], ids=["unknown-task", "inverted-range", "k-below-2", "no-samples", "gpu-without-gpu",
+], ids=["unknown-task", "inverted-range", "k-below-2", "no-samples", "grace-above-epochs",
+        "gpu-without-gpu",
         "unreachable-address", "unreachable-ray-client", "resume-nothing",
         "resume-unknown-name", "unknown-flag"])
 def test_bad_input_is_one_error_line(tmp_path, cache_dir, flags, message):
