@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -57,9 +58,18 @@ class SplitTensors:
     @classmethod
     def from_table(cls, table: pa.Table) -> SplitTensors:
         def features(name: str) -> torch.Tensor:
-            column = table.column(name).combine_chunks()
-            values = column.values.to_numpy(zero_copy_only=False)
-            return torch.from_numpy(np.array(values.reshape(len(column), -1), np.float32))
+            """A view of the table's float32 buffer, not a copy: concurrent trials on a node
+            share one copy of the features (memory-mapped, or in Ray's object store)."""
+            column = table.column(name)
+            # combine_chunks() copies even a single chunk; flatten() honours a slice's offset.
+            array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+            values = array.flatten().to_numpy(zero_copy_only=False)
+            if values.dtype != np.float32:
+                values = values.astype(np.float32)
+            with warnings.catch_warnings():
+                # Read-only memory: nothing writes into it (batches index, which copies).
+                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+                return torch.from_numpy(values.reshape(len(array), -1))
 
         return cls(input_ids=table.column("input_ids").to_pylist(),
                    mask_pos=torch.tensor(table.column("mask_pos").to_numpy(), dtype=torch.long),

@@ -357,6 +357,25 @@ def test_make_batch_pads_to_the_longest_row_unless_told(demo_store_16, minilm_to
     assert at_mask.tolist() == [minilm_tokenizer.mask_token_id] * 3
 
 
+def test_split_tensors_view_the_stored_features_without_copying(demo_store_16):
+    from infoprompt.train import SplitTensors
+
+    _, splits = demo_store_16
+    for name in ("p_free", "z_free"):
+        buffer = splits.train.column(name).chunk(0).values.buffers()[1]
+        tensor = getattr(SplitTensors.from_table(splits.train), name)
+        assert tensor.dtype == torch.float32 and tensor.shape == (len(splits.train), 384)
+        assert buffer.address <= tensor.data_ptr() < buffer.address + buffer.size, name
+        assert torch.equal(tensor[0], torch.tensor(splits.train.column(name)[0].as_py()))
+    # A slice (an offset into the same buffer) and a table of two chunks give the right rows.
+    sliced = SplitTensors.from_table(splits.train.slice(3, 5))
+    two = SplitTensors.from_table(pa.concat_tables([splits.train.slice(0, 3),
+                                                    splits.train.slice(3)]))
+    whole = SplitTensors.from_table(splits.train)
+    assert torch.equal(sliced.p_free, whole.p_free[3:8])
+    assert torch.equal(two.z_free, whole.z_free)
+
+
 def test_fixed_padding_trains_like_dynamic_padding(demo_store_16):
     from infoprompt.train import Training
 
