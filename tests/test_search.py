@@ -381,7 +381,11 @@ def test_help_is_quick():
 
 def test_resume_takes_the_experiments_settings(tmp_path):
     from infoprompt.errors import InfoPromptError
-    from tune.search import load_settings, parse_args, resumed_args, save_settings
+    from tune.experiment import load_settings, resumed_args, save_settings
+    from tune.search import parse_args
+
+    def resumed(args, saved, name):
+        return resumed_args(args, saved, name, defaults=parse_args([]))
 
     first = ["--task", "demo", "--shots", "16", "--epochs", "3", "--num-samples", "6",
              "--lr-range", "1e-3", "1e-2", "--k-choices", "8", "16", "--gpus-per-trial", "0.5",
@@ -395,7 +399,7 @@ def test_resume_takes_the_experiments_settings(tmp_path):
     # Only the name and the place given: everything else is the experiment's.
     now = parse_args(["--resume", "--name", "x", "--storage-path", "/elsewhere",
                       "--address", "head:6379"])
-    merged = resumed_args(now, saved, "x")
+    merged = resumed(now, saved, "x")
     assert (merged.epochs, merged.shots, merged.num_samples, merged.method) == \
         (3, 16, 6, "gamma0")
     assert merged.lr_range == [1e-3, 1e-2] and merged.k_choices == [8, 16]
@@ -404,16 +408,16 @@ def test_resume_takes_the_experiments_settings(tmp_path):
         ("/elsewhere", "head:6379", True, "x")
 
     # The same flags again are fine; resources per trial may change (a different cluster).
-    again = resumed_args(parse_args([*first, "--resume", "--name", "x", "--cpus-per-trial",
+    again = resumed(parse_args([*first, "--resume", "--name", "x", "--cpus-per-trial",
                                      "2", "--gpus-per-trial", "1"]), saved, "x")
     assert (again.cpus_per_trial, again.gpus_per_trial, again.epochs) == (2, 1, 3)
-    relative = resumed_args(parse_args(["--resume", "--cache-dir", str(tmp_path / "cache")]),
+    relative = resumed(parse_args(["--resume", "--cache-dir", str(tmp_path / "cache")]),
                             saved, "x")
     assert relative.epochs == 3
 
     # Anything else that differs is refused, each named with the experiment's value.
     with pytest.raises(InfoPromptError) as caught:
-        resumed_args(parse_args(["--resume", "--epochs", "5", "--num-samples", "9",
+        resumed(parse_args(["--resume", "--epochs", "5", "--num-samples", "9",
                                  "--lr-range", "1e-4", "1e-3", "--shots", "32"]), saved, "x")
     message = str(caught.value)
     for part in ("--epochs 5 (it has 3)", "--num-samples 9 (it has 6)",
@@ -421,4 +425,4 @@ def test_resume_takes_the_experiments_settings(tmp_path):
         assert part in message, message
 
     # An experiment without saved settings resumes with the command's own (with a warning).
-    assert resumed_args(now, None, "x") is now
+    assert resumed(now, None, "x") is now

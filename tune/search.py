@@ -8,12 +8,8 @@ on --final-seeds seeds and scored on the test split, which the search never saw.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import math
 import os
-import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -23,6 +19,8 @@ from typing import Any
 from infoprompt.cli import ArgumentParser, add_config_arguments, config_from_args, guarded
 from infoprompt.config import InfoPromptConfig
 from infoprompt.errors import InfoPromptError
+from tune.connection import check_cluster, connect, default_concurrency
+from tune.experiment import experiment_path, load_settings, publish, resumed_args, save_settings
 from tune.space import SPACE, Range, narrowed
 
 SEARCHED = tuple(SPACE)  # set by the search, so not offered as plain --flags
@@ -112,168 +110,6 @@ def check_args(args: argparse.Namespace) -> None:
                                   "has no GPU; drop the flag to train on CPU")
 
 
-def is_uri(path: str) -> bool:
-    return "://" in path
-
-
-def experiment_path(args: argparse.Namespace, cfg: InfoPromptConfig) -> tuple[str, str]:
-    """(storage_path, name): a fresh name, or the experiment that --resume continues."""
-    storage = args.storage_path if is_uri(args.storage_path) \
-        else str(Path(args.storage_path).expanduser().resolve())
-    prefix = f"{cfg.task}-{cfg.method.value}-{cfg.shots or 'all'}shot"
-    if not args.resume:
-        return storage, args.name or f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if args.name:
-        return storage, args.name
-    if is_uri(storage):
-        raise InfoPromptError("--resume with a cloud --storage-path needs --name")
-    earlier = sorted(p.name for p in Path(storage).glob(f"{prefix}-*") if p.is_dir())
-    if not earlier:
-        raise InfoPromptError(f"--resume: no experiment {prefix}-* under {storage}; "
-                              "pass --name")
-    return storage, earlier[-1]
-
-
-def _cannot_connect(address: str | None, reason: str) -> InfoPromptError:
-    return InfoPromptError(f"cannot connect to Ray at {address or 'a new local Ray'}: "
-                           f"{reason[:200]}; check --address (host:port of the head, or "
-                           "'auto' on a cluster node)")
-
-
-def probe(address: str, timeout: float = 10) -> None:
-    """Fail fast on an address nobody listens at: ray.init would retry for many minutes."""
-    from ray._private.services import canonicalize_bootstrap_address
-
-    try:
-        if address.startswith("ray://"):  # Ray Client: host:port of its server
-            target = address[len("ray://"):].split("/")[0]
-        else:  # host:port, or 'auto' -> this machine's cluster (error if there is none)
-            target = canonicalize_bootstrap_address(address)
-        if not target:
-            raise ConnectionError("no running Ray cluster found on this machine")
-        host, _, port = target.rpartition(":")
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
-            pass
-    except Exception as error:  # noqa: BLE001 - ValueError, ConnectionError, OSError, …
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise _cannot_connect(address, f"nothing answers there ({reason})") from None
-
-
-# What a resumed search takes from the command that resumes it rather than from the
-# experiment's search_args.json: where the experiment is and which Ray to use; the
-# resources per trial only when given (a cluster may have changed).
-RESUME_TAKES = ("address", "storage_path", "name", "resume")
-RESUME_MAY_CHANGE = ("cpus_per_trial", "gpus_per_trial")
-SETTINGS = "search_args.json"
-
-
-def save_settings(args: argparse.Namespace, storage: str, name: str) -> None:
-    """The search's settings (config flags, space, budget) next to its Ray state, so that
-    `--resume --name NAME` continues it as it was started."""
-    body = {k: v for k, v in vars(args).items() if k not in RESUME_TAKES}
-    with tempfile.TemporaryDirectory() as folder:
-        (Path(folder) / SETTINGS).write_text(json.dumps(body, indent=2))
-        publish(Path(folder), storage, name)
-
-
-def load_settings(path: str) -> dict[str, Any] | None:
-    try:
-        if is_uri(path):
-            import pyarrow.fs
-
-            fs, inner = pyarrow.fs.FileSystem.from_uri(f"{path.rstrip('/')}/{SETTINGS}")
-            with fs.open_input_stream(inner) as stream:
-                return json.loads(stream.read())
-        return json.loads((Path(path) / SETTINGS).read_text())
-    except OSError:  # FileNotFoundError, or a cloud store's "path does not exist"
-        return None
-
-
-def resumed_args(args: argparse.Namespace, saved: dict[str, Any] | None,
-                 name: str) -> argparse.Namespace:
-    """The interrupted search's own settings, with this command's RESUME_TAKES (and
-    RESUME_MAY_CHANGE when given). Any other setting given now must match the experiment's:
-    its trials, checkpoints and scheduler were made with those."""
-    if saved is None:
-        print(f"warning: {name} has no {SETTINGS}; resuming with this command's settings",
-              file=sys.stderr)
-        return args
-    defaults, current = vars(parse_args([])), vars(args)
-    merged = argparse.Namespace(**{**defaults, **saved})
-    fields = {f.name for f in dataclasses.fields(InfoPromptConfig)}
-    ours, theirs = config_from_args(args), config_from_args(merged)
-
-    def shown(value: Any) -> str:
-        return " ".join(map(str, value)) if isinstance(value, list) else \
-            str(getattr(value, "value", value))
-
-    differ = [(k, getattr(theirs, k), getattr(ours, k)) for k in current
-              if k in fields and getattr(ours, k) != getattr(theirs, k)]
-    differ += [(k, getattr(merged, k, None), v) for k, v in current.items()
-               if k not in fields and k not in RESUME_TAKES + RESUME_MAY_CHANGE
-               and v != defaults.get(k) and v != getattr(merged, k, None)]
-    if differ:
-        raise InfoPromptError(
-            f"--resume continues {name} with the settings it was started with; drop or fix: "
-            + ", ".join(f"--{k.replace('_', '-')} {shown(new)} (it has {shown(old)})"
-                        for k, old, new in differ))
-    for key in RESUME_TAKES:
-        setattr(merged, key, current[key])
-    for key in RESUME_MAY_CHANGE:
-        if current[key] != defaults[key]:
-            setattr(merged, key, current[key])
-    merged.name = name
-    return merged
-
-
-def connect(args: argparse.Namespace) -> None:
-    import ray
-
-    if args.address:
-        probe(args.address)
-    try:
-        if args.address:
-            ray.init(address=args.address, log_to_driver=True)
-        else:
-            # "local": a new Ray even if RAY_ADDRESS or a `ray start` on this machine names
-            # another cluster (joining one takes --address).
-            ray.init(address="local", include_dashboard=False)
-    except Exception as error:  # noqa: BLE001 - ray raises ConnectionError, RuntimeError, …
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise _cannot_connect(args.address, reason) from None
-
-
-def check_cluster(args: argparse.Namespace, storage: str) -> None:
-    """Refuse, before any trial starts, what would only fail mid-search."""
-    import ray
-
-    gpus = ray.cluster_resources().get("GPU", 0)
-    if args.gpus_per_trial > 0 and gpus == 0:
-        if not args.address:
-            raise InfoPromptError(f"--gpus-per-trial {args.gpus_per_trial:g}, but this machine "
-                                  "has no GPU Ray can use; drop the flag to train on CPU")
-        print("warning: the cluster has no GPU node yet; trials wait for the autoscaler",
-              file=sys.stderr)
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    if len(nodes) > 1 and not is_uri(storage) and not os.environ.get("INFOPROMPT_SHARED_FS"):
-        raise InfoPromptError(
-            f"this Ray cluster has {len(nodes)} nodes but --storage-path {storage} is local: "
-            "checkpoints written on one node are invisible to the others; use s3://… or gs://… "
-            "(or set INFOPROMPT_SHARED_FS=1 if that path is a shared file system)")
-
-
-def default_concurrency(args: argparse.Namespace) -> int:
-    """As many trials as the cluster's resources hold now (Ray would otherwise run one at a
-    time under a searcher); an autoscaling cluster without GPU nodes yet gets 4."""
-    import ray
-
-    resources = ray.cluster_resources()
-    fits = [int(resources.get("CPU", 1) // args.cpus_per_trial)]
-    if args.gpus_per_trial:
-        fits.append(int(resources.get("GPU", 0) // args.gpus_per_trial))
-    return max(1, min(args.num_samples, min(fits) or 4))
-
-
 def final_evaluation(cfg: InfoPromptConfig, configs: dict[str, dict[str, Any]],
                      args: argparse.Namespace) -> dict[str, Any]:
     """Re-train each config from scratch on seeds cfg.seed .. +final_seeds-1, test-scored,
@@ -328,21 +164,6 @@ def write_reports(summary: Any, storage: str, name: str) -> tuple[str, str]:
         return publish(Path(folder), storage, name), (Path(folder) / "results.md").read_text()
 
 
-def publish(folder: Path, storage: str, name: str) -> str:
-    """Copy the report files into the experiment folder (local or cloud)."""
-    if is_uri(storage):
-        import pyarrow.fs
-
-        target = f"{storage.rstrip('/')}/{name}"
-        pyarrow.fs.copy_files(str(folder), target)
-        return target
-    target = Path(storage) / name
-    target.mkdir(parents=True, exist_ok=True)
-    for path in folder.iterdir():
-        shutil.copy2(path, target / path.name)
-    return str(target)
-
-
 @guarded
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
@@ -361,7 +182,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.resume:  # refused before Ray starts; the experiment's settings, not the defaults
         if not tune.Tuner.can_restore(path):
             raise InfoPromptError(f"--resume: no search state at {path}")
-        args = resumed_args(args, load_settings(path), name)
+        args = resumed_args(args, load_settings(path), name, defaults=parse_args([]))
         check_args(args)
         space = search_space(args)
         cfg = config_from_args(args)
