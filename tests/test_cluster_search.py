@@ -298,14 +298,24 @@ def test_driver_loss_then_resume_finishes_the_search(cluster, tmp_path):
     experiment = storage / name
     driver = Driver.search(args, tmp_path / "first")
 
-    def one_saved_done_one_running():
-        done = {t for t, s in experiment_state(experiment).items() if s["status"] == "TERMINATED"}
-        running = [t for t in trials(experiment)
-                   if t.name.removeprefix("trial_") not in done and 1 <= len(progress(t)) < total]
-        return (experiment / f"trial_{min(done)}", running[0]) if done and running else None
+    def saved_state_with_one_done_one_checkpointed():
+        # The driver's saved state must already name a checkpoint of the running trial, or
+        # --resume rightly starts it over (seen in a .ci/run when the kill followed epoch 1).
+        # A state whose last result for it is epoch 2 does: Tune registers a result's
+        # checkpoint before it processes the trial's next result.
+        state = experiment_state(experiment)
+        done = [t for t, s in state.items() if s["status"] == "TERMINATED"]
+        running = [experiment / f"trial_{t}" for t, s in state.items()
+                   if s["status"] != "TERMINATED"
+                   and s["last_result"].get("training_iteration", 0) >= 2]
+        if done and running and len(progress(running[0])) < total:
+            return experiment / f"trial_{done[0]}", running[0]
+        return None
 
-    finished, interrupted = wait_until(one_saved_done_one_running, timeout=180, driver=driver,
-                                       what="a saved finished trial and one in progress")
+    finished, interrupted = wait_until(saved_state_with_one_done_one_checkpointed, timeout=180,
+                                       driver=driver,
+                                       what="a saved state with a finished trial and one past "
+                                            "epoch 2")
     driver.kill()
     assert driver.process.returncode == -signal.SIGKILL
     kept = (finished / "progress.csv").read_bytes()
