@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["BENCHMARKS", "GLUE", "RESULTS", "ROOT", "add_common_arguments", "command_line",
-           "emit", "machine_note", "read_section", "write_section"]
+           "emit", "machine_note", "read_section", "trial_progress", "write_section"]
 
 ROOT = Path(__file__).resolve().parents[1]
 GLUE = Path(__file__).resolve().parents[2] / "shared" / "glue"
@@ -63,6 +63,21 @@ def emit(figures: dict[str, Any]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     print(json.dumps(figures, default=float), flush=True)
+
+
+def trial_progress(trial_dir: Path) -> tuple[Any, float] | None:
+    """A trial's progress.csv as a pandas DataFrame, with the trial's start time; None while
+    it has no rows. `timestamp` is whole seconds, so the start is estimated from all rows
+    (start >= timestamp - time_total_s for every row)."""
+    import pandas as pd
+
+    path = trial_dir / "progress.csv"
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    frame = pd.read_csv(path)
+    if frame.empty:
+        return None
+    return frame, float((frame["timestamp"] - frame["time_total_s"]).max())
 
 
 def _markers(key: str) -> tuple[str, str]:

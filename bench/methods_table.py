@@ -126,9 +126,9 @@ def fit_job(config: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     cfg = InfoPromptConfig.from_dict(config)
     summary = fit(cfg, length_sorted_test(load_splits(cfg, log=lambda message: None)))
-    return {"test_metric": summary["test_metric"], "best_valid_metric": summary["best_valid_metric"],
-            "best_epoch": summary["best_epoch"], "seconds": time.perf_counter() - started,
-            "config": config}
+    return {"test_metric": summary["test_metric"],
+            "best_valid_metric": summary["best_valid_metric"], "best_epoch": summary["best_epoch"],
+            "seconds": time.perf_counter() - started, "config": config}
 
 
 def length_sorted_test(splits):

@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, ROOT, add_common_arguments, emit, provenance, write_section
+from _common import (
+    RESULTS,
+    ROOT,
+    add_common_arguments,
+    emit,
+    provenance,
+    trial_progress,
+    write_section,
+)
 
 SECTION = "bench/search_efficiency.py"
 TARGET = 1 / 3
@@ -62,20 +70,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def progress(trial_dir: Path) -> list[dict[str, Any]]:
-    """A trial's reports with an absolute time each. `timestamp` is whole seconds, so the
-    trial's start is estimated from all rows (start >= timestamp - time_total_s for every
-    row) and each report placed at start + time_total_s."""
-    import pandas as pd
-
-    path = trial_dir / "progress.csv"
-    if not path.exists() or path.stat().st_size == 0:
+    """A trial's reports, each placed at its trial's start + time_total_s."""
+    found = trial_progress(trial_dir)
+    if found is None or "valid_metric" not in found[0]:
         return []
-    frame = pd.read_csv(path)
-    if frame.empty or "valid_metric" not in frame:
-        return []
-    start = float((frame["timestamp"] - frame["time_total_s"]).max())
-    return [{"trial": trial_dir.name, "epoch": int(row.epoch), "valid_metric": float(row.valid_metric),
-             "time": start + float(row.time_total_s), "epoch_seconds": float(row.epoch_seconds)}
+    frame, start = found
+    return [{"trial": trial_dir.name, "epoch": int(row.epoch),
+             "valid_metric": float(row.valid_metric), "time": start + float(row.time_total_s),
+             "epoch_seconds": float(row.epoch_seconds)}
             for row in frame.itertuples()]
 
 

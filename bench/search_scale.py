@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, add_common_arguments, emit, provenance, write_section
+from _common import ROOT, add_common_arguments, emit, provenance, trial_progress, write_section
 
 SECTION = "bench/search_scale.py"
 
@@ -103,17 +103,15 @@ class MemorySampler(threading.Thread):
 
 
 def trial_timings(experiment: Path) -> list[dict[str, Any]]:
-    import pandas as pd
-
     trials = []
     for folder in sorted(experiment.glob("trial_*")):
-        path = folder / "progress.csv"
-        if not path.exists() or path.stat().st_size == 0:
+        found = trial_progress(folder)
+        if found is None:
             continue
-        frame = pd.read_csv(path).sort_values("epoch")
+        frame, start = found
+        frame = frame.sort_values("epoch")
         total = frame["time_total_s"].to_numpy()
         epoch_seconds = frame["epoch_seconds"].to_numpy()
-        start = float((frame["timestamp"] - frame["time_total_s"]).max())
         trials.append({
             "trial": folder.name, "start": start, "end": start + float(total[-1]),
             "time_total_s": float(total[-1]), "epochs": len(frame),
