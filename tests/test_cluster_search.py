@@ -19,8 +19,6 @@ another process's plain `ray.init()` on this machine cannot attach to it by acci
 
 from __future__ import annotations
 
-import csv
-import json
 import os
 import shutil
 import signal
@@ -31,7 +29,7 @@ import time
 from pathlib import Path
 
 import pytest
-from tune_state import experiment_state
+from tune_state import epochs, experiment_state, progress, read_results
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -192,20 +190,6 @@ def wait_until(condition, *, timeout: float, driver: Driver, what: str):
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}:\n{driver.tail()}")
 
 
-def progress(trial: Path) -> list[dict[str, str]]:
-    """The complete rows of a trial's progress.csv (the driver may be mid-write)."""
-    path = trial / "progress.csv"
-    if not path.exists():
-        return []
-    with path.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return [row for row in rows if None not in row and None not in row.values()]
-
-
-def epochs(rows: list[dict[str, str]]) -> list[int]:
-    return [int(row["epoch"]) for row in rows]
-
-
 def restarts(rows: list[dict[str, str]]) -> list[int]:
     """Row indices where a (re)started trial process reported its first result."""
     return [i for i, row in enumerate(rows) if int(row["iterations_since_restore"]) == 1]
@@ -221,10 +205,6 @@ def alive(pid: int) -> bool:
 
 def trials(experiment: Path) -> list[Path]:
     return sorted(experiment.glob("trial_*"))
-
-
-def results(experiment: Path) -> dict:
-    return json.loads((experiment / "results.json").read_text())
 
 
 # --- tests -----------------------------------------------------------------------------------
@@ -267,7 +247,7 @@ def test_search_runs_on_both_workers_with_data_from_the_object_store(cluster, tm
     assert driver.wait(timeout=240) == 0, driver.tail()
     assert "test hook: deleted the store" in driver.err.read_text()
 
-    summary = results(storage / name)
+    summary = read_results(storage / name)
     assert [t["status"] for t in summary["trials"]] == ["completed"] * 2, summary["trials"]
     assert all(t["epochs"] == 3 and len(t["curve"]) == 3 for t in summary["trials"])
 
@@ -327,7 +307,7 @@ def test_driver_loss_then_resume_finishes_the_search(cluster, tmp_path):
     assert resumed.wait(timeout=240) == 0, resumed.tail()
     assert f"resuming {experiment}" in resumed.out.read_text()
 
-    summary = results(experiment)
+    summary = read_results(experiment)
     assert len(summary["trials"]) == 2
     assert [t["status"] for t in summary["trials"]] == ["completed"] * 2, summary["trials"]
     # The finished trial was not re-run: its results are byte for byte what they were.
@@ -388,7 +368,7 @@ def test_node_loss_resumes_the_trial_from_its_checkpoint_elsewhere(cluster, tmp_
     assert resumed_at >= 2, "the trial started over instead of resuming"
     assert epochs(after) == list(range(resumed_at, total + 1)), epochs(rows)
 
-    summary = results(experiment)
+    summary = read_results(experiment)
     assert [(t["status"], t["epochs"]) for t in summary["trials"]] == [("completed", total)]
     print(f"\nFIGURES node-loss: trial on {host[:8]} lost its node after epoch "
           f"{last_reported}, resumed at epoch {resumed_at} on "

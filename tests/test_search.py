@@ -14,8 +14,6 @@ own tmp_path. Budgets are tiny: the machine has 2 cores shared with other work.
 
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import pickle
@@ -27,7 +25,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-from tune_state import experiment_state
+from tune_state import epochs as reported_epochs
+from tune_state import experiment_state, progress, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_DEFAULT = {"beta": 0.1, "gamma": 0.05, "k_negatives": 32, "lr": 1e-3, "bottleneck": 64}
@@ -52,10 +51,6 @@ def search(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 
 def tail(process, lines: int = 60) -> str:
     return "\n".join((process.stdout + process.stderr).splitlines()[-lines:])
-
-
-def read_results(experiment: Path) -> dict:
-    return json.loads((experiment / "results.json").read_text())
 
 
 def optuna_trials(experiment: Path) -> dict[str, object]:
@@ -193,14 +188,6 @@ def result_lines(trial: Path) -> int:
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
-def progress_epochs(trial: Path) -> list[int]:
-    path = trial / "progress.csv"
-    if not path.exists():
-        return []
-    with path.open() as file:
-        return [int(float(row["epoch"])) for row in csv.DictReader(file)]
-
-
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
 def test_killed_driver_then_resume_keeps_finished_trials(tmp_path, cache_dir):
@@ -234,7 +221,8 @@ def test_killed_driver_then_resume_keeps_finished_trials(tmp_path, cache_dir):
     finished = {t: s for t, s in before.items() if s["status"] == "TERMINATED"}
     unfinished = set(before) - set(finished)
     assert finished and (unfinished or len(before) < samples), before
-    kept = {t: (result_lines(experiment / f"trial_{t}"), progress_epochs(experiment / f"trial_{t}"),
+    kept = {t: (result_lines(experiment / f"trial_{t}"),
+                reported_epochs(progress(experiment / f"trial_{t}")),
                 sorted(p.name for p in (experiment / f"trial_{t}").glob("events.out.*")))
             for t in finished}
 
@@ -263,7 +251,7 @@ def test_killed_driver_then_resume_keeps_finished_trials(tmp_path, cache_dir):
         iterations = state["last_result"]["training_iteration"]
         assert after[trial_id]["last_result"]["training_iteration"] == iterations
         assert rows[trial_id]["epochs"] == state["last_result"]["epoch"]
-        assert (result_lines(folder), progress_epochs(folder),
+        assert (result_lines(folder), reported_epochs(progress(folder)),
                 sorted(p.name for p in folder.glob("events.out.*"))) == kept[trial_id]
     # The resumed search ran on the experiment's settings (16 shots, 3 epochs), not defaults.
     assert max(t["epochs"] for t in results["trials"]) == epochs

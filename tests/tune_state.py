@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -23,3 +24,22 @@ def experiment_state(experiment: Path) -> dict[str, dict]:
         trials[trial["trial_id"]] = {"status": trial["status"],
                                      "last_result": runtime.get("last_result") or {}}
     return trials
+
+
+def read_results(experiment: Path) -> dict:
+    """The search's own results.json."""
+    return json.loads((experiment / "results.json").read_text())
+
+
+def progress(trial: Path) -> list[dict[str, str]]:
+    """The complete rows of a trial's progress.csv (the driver may be mid-write)."""
+    path = trial / "progress.csv"
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [row for row in rows if None not in row and None not in row.values()]
+
+
+def epochs(rows: list[dict[str, str]]) -> list[int]:
+    return [int(float(row["epoch"])) for row in rows]
