@@ -17,9 +17,9 @@ import re
 import shlex
 from pathlib import Path
 
-import jsonschema  # noqa: E402,F401 - what Ray's validate_config uses
+import jsonschema  # what Ray's validate_config uses
 import pytest
-import ray  # noqa: E402 - hard dependencies: a missing one must fail, not skip
+import ray  # hard dependencies: a missing one must fail, not skip
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
