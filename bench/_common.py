@@ -18,11 +18,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BENCHMARKS", "GLUE", "RESULTS", "ROOT", "add_common_arguments", "command_line",
-           "emit", "machine_note", "read_section", "trial_progress", "write_section"]
+__all__ = ["BENCHMARKS", "GLUE", "RESULTS", "ROOT", "add_common_arguments", "bench_config",
+           "command_line", "emit", "machine_note", "read_section", "trial_progress",
+           "write_section"]
 
 ROOT = Path(__file__).resolve().parents[1]
-GLUE = Path(__file__).resolve().parents[2] / "shared" / "glue"
+# Real GLUE (CoLA/, SST-2/ in GLUE's TSV layout); without it the Hugging Face hub is asked.
+GLUE = os.environ.get("INFOPROMPT_GLUE_DIR")
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 RESULTS = ROOT / "bench" / "results"
 HEADER = "# Benchmarks\n\nFigures measured by the scripts in `bench/`; each section says how.\n"
@@ -34,10 +36,23 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                              "to BENCHMARKS.md or bench/results/")
     parser.add_argument("--cache-dir", default=str(Path.home() / ".cache" / "infoprompt"),
                         help="Arrow store folder (default: ~/.cache/infoprompt)")
-    parser.add_argument("--data-dir", default=str(GLUE),
-                        help=f"GLUE folder with SST-2/ and CoLA/ (default: {GLUE})")
+    parser.add_argument("--data-dir", default=GLUE,
+                        help="GLUE folder with SST-2/ and CoLA/ (default: $INFOPROMPT_GLUE_DIR, "
+                             "else the Hugging Face hub)")
     parser.add_argument("--no-write", action="store_true",
                         help="print the figures but leave BENCHMARKS.md alone")
+
+
+def bench_config(args: argparse.Namespace, **fields: Any):
+    """The InfoPromptConfig every benchmark starts from: the script's --model, --data-dir
+    and --cache-dir (where it has them), on CPU, with `fields` on top."""
+    from infoprompt.config import InfoPromptConfig
+
+    given = {name: getattr(args, name) for name in ("model", "data_dir", "cache_dir")
+             if getattr(args, name, None) is not None}
+    if fields.get("task", "demo") == "demo":
+        given.pop("data_dir", None)  # generated: no data folder
+    return InfoPromptConfig(device="cpu", **{**given, **fields})
 
 
 def command_line() -> str:

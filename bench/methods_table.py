@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RESULTS, add_common_arguments, emit, provenance, write_section
+from _common import RESULTS, add_common_arguments, bench_config, emit, provenance, write_section
 
 SECTION = "bench/methods_table.py"
 
@@ -103,11 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def base_config(args: argparse.Namespace, task: str):
-    from infoprompt.config import InfoPromptConfig
-
-    return InfoPromptConfig(task=task, shots=args.shots, model=args.model,
-                            data_dir=None if task == "demo" else args.data_dir,
-                            cache_dir=args.cache_dir, epochs=args.epochs, device="cpu")
+    return bench_config(args, task=task, shots=args.shots, epochs=args.epochs)
 
 
 def _init_worker() -> None:
@@ -188,7 +184,7 @@ def run_search(args: argparse.Namespace, task: str, folds: int, storage: str) ->
             "--grace-period", str(min(2, args.search_epochs)),
             "--final-seeds", "0", "--seed", "0", "--method", "infoprompt",
             "--storage-path", storage, "--name", name]
-    if task != "demo":
+    if task != "demo" and args.data_dir:
         argv += ["--data-dir", args.data_dir]
     print(f"search: python tune/search.py {' '.join(argv)}", flush=True)
     out = search_main(argv)

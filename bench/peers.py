@@ -8,8 +8,8 @@ epochs, AdamW with linear warm-up (6%) and decay, gradient clipping 1.0, one tor
   (b) PEFT: `get_peft_model(AutoModelForSequenceClassification(MiniLM),
       PromptTuningConfig(task_type="SEQ_CLS", num_virtual_tokens=4))` — 4 virtual tokens
       + 60 text tokens; its learning rate is chosen on valid from `--peft-lrs`;
-  (c) two-pass: the same as (a) with `Training(..., recompute_prompt_free=True)`, which runs
-      the frozen encoder a second time per step for P' and Z', as the paper's code does.
+  (c) two-pass: the same as (a) with `BenchTraining(..., two_pass=True)`, which runs the
+      frozen encoder a second time per step for P' and Z', as the paper's code does.
 Step time: the median wall time of one optimizer step (forward, losses, backward, clipping,
 AdamW, schedule; batch padding excluded), measured with fresh instances of the three stepped
 in turn on the same batches (`--timing-rounds`), and also over each training run's steps.
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_arguments, emit, provenance, write_section  # noqa: E402
+from _common import add_common_arguments, bench_config, emit, provenance, write_section  # noqa: E402
 
 SECTION = "bench/peers.py"
 N_VIRTUAL = 4
@@ -63,34 +63,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def timed_training(training) -> list[float]:
-    """Wrap training.step to record its wall time per call."""
-    times: list[float] = []
-    step = training.step
-
-    def timed(batch):
-        started = time.perf_counter()
-        out = step(batch)
-        times.append(time.perf_counter() - started)
-        return out
-
-    training.step = timed
-    return times
-
-
-def run_ours(cfg, splits, *, recompute: bool, args: argparse.Namespace) -> dict[str, Any]:
-    from infoprompt.train import Training
+def run_ours(cfg, splits, *, two_pass: bool, args: argparse.Namespace) -> dict[str, Any]:
+    from _training import BenchTraining
 
     torch_seed(cfg.seed)
-    training = Training(cfg, splits, pad_to=args.seq_len, recompute_prompt_free=recompute)
-    times = timed_training(training)
+    training = BenchTraining(cfg, splits, pad_to=args.seq_len, two_pass=two_pass)
     started = time.perf_counter()
     for record in training.epochs():
         pass
     train_seconds = time.perf_counter() - started
     test = training.test()
     trainable = sum(p.numel() for p in training.model.parameters() if p.requires_grad)
-    return {"step_times": times, "test_metric": test[splits.task.metric],
+    return {"step_times": training.step_seconds, "test_metric": test[splits.task.metric],
             "best_valid_metric": training.best_valid, "best_epoch": training.best_epoch,
             "train_seconds": train_seconds, "trainable_params": trainable}
 
@@ -110,6 +94,7 @@ class PeftRun:
         from transformers import AutoModelForSequenceClassification
 
         from infoprompt.encoder import load_tokenizer, model_path
+        from infoprompt.train import linear_schedule
 
         torch_seed(cfg.seed)
         self.cfg, self.task, self.lr = cfg, splits.task, lr
@@ -131,10 +116,7 @@ class PeftRun:
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=lr, weight_decay=cfg.weight_decay)
         total = math.ceil(len(self.train[2]) / cfg.batch_size) * cfg.epochs
-        warmup = max(1, int(cfg.warmup_ratio * total))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: min((step + 1) / warmup,
-                                             max(0.0, (total - step) / max(1, total - warmup))))
+        self.scheduler = linear_schedule(self.optimizer, cfg, total)  # the same as ours
 
     def step(self, rows) -> float:
         """One optimizer step on these train rows; returns its wall time."""
@@ -171,14 +153,14 @@ class PeftRun:
 def run_peft(cfg, splits, *, lr: float, args: argparse.Namespace) -> dict[str, Any]:
     import torch
 
+    from infoprompt.batching import epoch_order
+
     peft = PeftRun(cfg, splits, lr=lr, args=args)
     times: list[float] = []
     best_valid, best_epoch, best_state = -math.inf, -1, None
     started = time.perf_counter()
     for epoch in range(cfg.epochs):
-        # The same shuffle as Training.epoch_order.
-        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(len(peft.train[2]), generator=generator)
+        order = epoch_order(cfg.seed, epoch, len(peft.train[2]))  # the same batches as ours
         peft.model.train()
         for start in range(0, len(order), cfg.batch_size):
             times.append(peft.step(order[start:start + cfg.batch_size]))
@@ -200,20 +182,20 @@ def interleaved_steps(cfg, splits, *, peft_lr: float, args: argparse.Namespace
                       ) -> dict[str, list[float]]:
     """Fresh instances of the three, stepped in turn (the order rotating every round) on the
     same batches: background load then weighs on all three alike."""
-    from infoprompt.train import Training
+    from _training import BenchTraining
 
-    ours = Training(cfg, splits, pad_to=args.seq_len)
-    two_pass = Training(cfg, splits, pad_to=args.seq_len, recompute_prompt_free=True)
+    from infoprompt.batching import epoch_order
+
+    ours = BenchTraining(cfg, splits, pad_to=args.seq_len)
+    two_pass = BenchTraining(cfg, splits, pad_to=args.seq_len, two_pass=True)
     peft = PeftRun(cfg, splits, lr=peft_lr, args=args)
     peft.model.train()  # as in its training run (dropout on); ours keep the frozen encoder in
     # eval mode, as Training does
-    order = ours.epoch_order(0)
+    order = epoch_order(cfg.seed, 0, len(ours.train_data))
 
     def ours_step(training, rows) -> float:
-        batch = training._batch(training.train_data, rows)
-        started = time.perf_counter()
-        training.step(batch)
-        return time.perf_counter() - started
+        training.step(training.batch(training.train_data, rows))
+        return training.step_seconds[-1]
 
     steppers = {"ours": lambda rows: ours_step(ours, rows),
                 "peft": lambda rows: peft.step(rows),
@@ -244,27 +226,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
 
-    from infoprompt.config import InfoPromptConfig
     from infoprompt.store import load_splits
 
     torch.set_num_threads(args.threads)
-    cfg = InfoPromptConfig(task=args.task, shots=args.shots, seed=args.seed, model="minilm",
-                           data_dir=None if args.task == "demo" else args.data_dir,
-                           cache_dir=args.cache_dir, max_length=args.seq_len,
-                           batch_size=args.batch_size, epochs=args.epochs, device="cpu")
+    cfg = bench_config(args, task=args.task, shots=args.shots, seed=args.seed, model="minilm",
+                       max_length=args.seq_len, batch_size=args.batch_size, epochs=args.epochs)
     splits = load_splits(cfg)
     if args.test_limit:
         splits = dataclasses.replace(splits, test=splits.test.slice(0, args.test_limit))
 
     runs: dict[str, dict[str, Any]] = {}
-    runs["ours"] = run_ours(cfg, splits, recompute=False, args=args)
+    runs["ours"] = run_ours(cfg, splits, two_pass=False, args=args)
     print(f"ours: {runs['ours']['test_metric']:.4f}", flush=True)
     peft_runs = [run_peft(cfg, splits, lr=lr, args=args) for lr in args.peft_lrs]
     for r in peft_runs:
         print(f"peft lr {r['lr']:g}: valid {r['best_valid_metric']:.4f}, test "
               f"{r['test_metric']:.4f}", flush=True)
     runs["peft"] = max(peft_runs, key=lambda r: (r["best_valid_metric"], -r["lr"]))
-    runs["two_pass"] = run_ours(cfg, splits, recompute=True, args=args)
+    runs["two_pass"] = run_ours(cfg, splits, two_pass=True, args=args)
     print(f"two-pass: {runs['two_pass']['test_metric']:.4f}", flush=True)
     in_training = {name: median_step(r["step_times"], args.warmup_steps)
                    for name, r in runs.items()}
@@ -278,7 +257,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     names = {"ours": "(a) ours: InfoPrompt step, stored P', Z'",
              "peft": "(b) PEFT prompt tuning (SEQ_CLS, 4 virtual tokens)",
-             "two_pass": "(c) two-pass InfoPrompt (recompute_prompt_free=True)"}
+             "two_pass": "(c) two-pass InfoPrompt (BenchTraining(two_pass=True))"}
     metric = splits.task.metric
     rows = [f"| method | step time, interleaved (median) | × ours | step time during its "
             f"training run (median) | × ours | trainable params | best valid {metric} (epoch) "

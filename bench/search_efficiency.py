@@ -29,6 +29,7 @@ from _common import (
     RESULTS,
     ROOT,
     add_common_arguments,
+    bench_config,
     emit,
     provenance,
     trial_progress,
@@ -105,16 +106,17 @@ def run_pair(args: argparse.Namespace, seed: int, storage: str) -> dict[str, Any
     from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    from infoprompt.config import InfoPromptConfig
     from infoprompt.store import load_splits
-    from tune.space import SPACE, default_point
+    from tune.settings import SearchSettings
+    from tune.space import default_point
     from tune.tuner import build_tuner
 
-    cfg = InfoPromptConfig(task=args.task, shots=args.shots, seed=seed, model=args.model,
-                           data_dir=None if args.task == "demo" else args.data_dir,
-                           cache_dir=args.cache_dir, epochs=args.epochs, device="cpu")
+    cfg = bench_config(args, task=args.task, shots=args.shots, seed=seed, epochs=args.epochs)
+    settings = SearchSettings(config=cfg, num_samples=args.num_samples,
+                              grace_period=args.grace_period,
+                              reduction_factor=args.reduction_factor)
     splits = load_splits(cfg, with_test=False)
-    first = default_point(cfg.method, SPACE)
+    first = default_point(cfg, settings.space)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     searches = {
         "tpe_asha": {},  # build_tuner's defaults: seeded TPE, paper defaults first, ASHA
@@ -127,12 +129,8 @@ def run_pair(args: argparse.Namespace, seed: int, storage: str) -> dict[str, Any
     out: dict[str, Any] = {}
     for label, replacements in searches.items():
         name = f"bench-efficiency-{label}-s{seed}-{stamp}"
-        tuner = build_tuner(cfg, splits, space=SPACE, num_samples=args.num_samples,
-                            grace_period=args.grace_period,
-                            reduction_factor=args.reduction_factor,
-                            max_concurrent=args.max_concurrent, cpus_per_trial=1,
-                            gpus_per_trial=0, seed=seed, storage_path=storage, name=name,
-                            **replacements)
+        tuner = build_tuner(settings, splits, storage_path=storage, name=name,
+                            max_concurrent=args.max_concurrent, **replacements)
         started = time.perf_counter()
         grid = tuner.fit()
         seconds = time.perf_counter() - started

@@ -31,8 +31,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, add_common_arguments, emit, provenance, trial_progress, write_section
+from _common import (
+    ROOT,
+    add_common_arguments,
+    bench_config,
+    emit,
+    provenance,
+    trial_progress,
+    write_section,
+)
 
 SECTION = "bench/search_scale.py"
 
@@ -57,22 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _psutil():
-    try:
-        import psutil
-    except ImportError:  # Ray ships a copy of psutil and puts it on sys.path
-        import psutil
-        import ray  # noqa: F401
-    return psutil
-
-
 class MemorySampler(threading.Thread):
     """Peak of the summed RSS of a process tree, sampled every `interval` seconds."""
 
     def __init__(self, pid: int, interval: float):
         super().__init__(daemon=True)
-        self.psutil = _psutil()
-        self.root = self.psutil.Process(pid)
+        self.root = psutil.Process(pid)
         self.interval = interval
         self.stop = threading.Event()
         self.peak_total = 0
@@ -84,13 +84,13 @@ class MemorySampler(threading.Thread):
         while not self.stop.is_set():
             try:
                 processes = [self.root] + self.root.children(recursive=True)
-            except self.psutil.Error:
+            except psutil.Error:
                 break
             total = driver = 0
             for process in processes:
                 try:
                     rss = process.memory_info().rss
-                except self.psutil.Error:
+                except psutil.Error:
                     continue
                 total += rss
                 if process.pid == self.root.pid:
@@ -130,7 +130,7 @@ def run_search(args: argparse.Namespace, concurrency: int, storage: str) -> dict
                "--grace-period", str(args.epochs), "--final-seeds", "0", "--seed", "0",
                "--max-concurrent", str(concurrency), "--cpus-per-trial", "1",
                "--storage-path", storage, "--name", name]
-    if args.task != "demo":
+    if args.task != "demo" and args.data_dir:
         command += ["--data-dir", args.data_dir]
     print("running: " + " ".join(command), flush=True)
     log = Path(storage) / f"{name}.log"
@@ -241,12 +241,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     storage = args.storage_path or tempfile.mkdtemp(prefix="bench-scale-ray-")
     Path(storage).mkdir(parents=True, exist_ok=True)
     # Build the store first, so neither timed search pays for it.
-    from infoprompt.config import InfoPromptConfig
     from infoprompt.store import load_splits
 
-    load_splits(InfoPromptConfig(task=args.task, shots=args.shots, seed=0,
-                                 data_dir=None if args.task == "demo" else args.data_dir,
-                                 cache_dir=args.cache_dir), with_test=False)
+    load_splits(bench_config(args, task=args.task, shots=args.shots, seed=0), with_test=False)
     runs = [run_search(args, c, storage) for c in args.concurrency]
     wall = time.perf_counter() - started
     text = markdown(runs, args, wall, load_before)

@@ -11,7 +11,7 @@ Four measurements, one process (the reader check spawns two more):
    autocast. `floor` = the frozen encoder's forward+backward on the prompted batch (a leaf
    `inputs_embeds` with requires_grad, backward of a scalar of the mask state): the cost no
    step can go below. `step` = `Training.step` on stored P', Z' (the default). `naive` = the
-   same step recomputing the prompt-free pass (`recompute_prompt_free=True`, the authors'
+   same step recomputing the prompt-free pass (`BenchTraining(two_pass=True)`, the authors'
    two-pass design). The six (dtype x kind) measurements run round-robin on the same batch,
    in a rotating order, so machine noise hits them alike; medians after warm-up.
 2. CoLA 64-shot epoch (8 train steps + the valid evaluation), fixed padding to max_length
@@ -44,13 +44,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from infoprompt.config import InfoPromptConfig
+from infoprompt.batching import SplitTensors, epoch_order
 from infoprompt.encoder import load_encoder
 from infoprompt.store import load_splits
-from infoprompt.train import SplitTensors, Training
+from infoprompt.train import Training
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BENCHMARKS, GLUE, write_section
+from _common import BENCHMARKS, GLUE, bench_config, write_section
+from _training import BenchTraining
 
 KEY = "bench/step_time.py"  # its section of BENCHMARKS.md
 SECTION = "## Step time and the Arrow store"
@@ -97,7 +98,7 @@ def floor_step(training: Training, batch: dict[str, torch.Tensor]) -> float:
     embeds.requires_grad_(True)  # a leaf, like the prompts' path into the encoder
     rows = torch.arange(len(batch["mask_pos"]))
     started = time.perf_counter()
-    with training._autocast():
+    with training.autocast():
         hidden = encoder(inputs_embeds=embeds,
                          attention_mask=batch["attention_mask"]).last_hidden_state
     hidden[rows, batch["mask_pos"]].float().sum().backward()
@@ -107,26 +108,25 @@ def floor_step(training: Training, batch: dict[str, torch.Tensor]) -> float:
 def train_step(training: Training, rows: list[int]) -> float:
     """One `Training.step` as `epochs()` runs it (batching included); returns seconds."""
     started = time.perf_counter()
-    training.step(training._batch(training.train_data, rows))
+    training.step(training.batch(training.train_data, rows))
     return time.perf_counter() - started
 
 
 def step_times(args: argparse.Namespace, cache_dir: str) -> list[dict]:
     iterations = args.warmup + args.steps
-    base = InfoPromptConfig(task="sst2", shots=64, data_dir=str(args.data_dir), max_length=64,
-                            cache_dir=cache_dir, model=args.model, device="cpu", batch_size=8,
-                            epochs=max(30, math.ceil(iterations / 8) + 1))
+    base = bench_config(args, task="sst2", shots=64, max_length=64, cache_dir=cache_dir,
+                        batch_size=8, epochs=max(30, math.ceil(iterations / 8) + 1))
     splits = load_splits(base, with_test=False, log=quiet)
     trainings = {}
     for dtype in DTYPES:
         cfg = base.replace(bf16=dtype == "bf16")
-        stored = Training(cfg, splits, pad_to=64)
-        naive = Training(cfg, splits, pad_to=64, recompute_prompt_free=True)
+        stored = BenchTraining(cfg, splits, pad_to=64)
+        naive = BenchTraining(cfg, splits, pad_to=64, two_pass=True)
         trainings[dtype] = {"floor": stored, "step": stored, "naive": naive}
     # The floor runs on the stored run's encoder (frozen: the floor changes no weight).
     reference = trainings["fp32"]["step"]
     batches = _batches(reference, iterations)
-    lengths = {reference._batch(reference.train_data, rows)["input_ids"].shape[1]
+    lengths = {reference.batch(reference.train_data, rows)["input_ids"].shape[1]
                for rows in batches}
     assert lengths == {64}, f"batches are not padded to 64 tokens: {lengths}"
 
@@ -137,7 +137,7 @@ def step_times(args: argparse.Namespace, cache_dir: str) -> list[dict]:
         for dtype, kind in jobs[shift:] + jobs[:shift]:  # rotate: no kind always runs first
             training = trainings[dtype][kind]
             if kind == "floor":
-                seconds = floor_step(training, training._batch(training.train_data, rows))
+                seconds = floor_step(training, training.batch(training.train_data, rows))
             else:
                 seconds = train_step(training, rows)
             if i >= args.warmup:
@@ -161,7 +161,7 @@ def _batches(training: Training, count: int) -> list[list[int]]:
     out, epoch = [], 0
     size = training.cfg.batch_size
     while len(out) < count:
-        order = training.epoch_order(epoch)
+        order = epoch_order(training.cfg.seed, epoch, len(training.train_data))
         out += [order[s:s + size] for s in range(0, len(order) - size + 1, size)]
         epoch += 1
     return out[:count]
@@ -172,12 +172,11 @@ def _batches(training: Training, count: int) -> list[list[int]]:
 
 def epoch_times(args: argparse.Namespace, cache_dir: str) -> dict:
     warm, reps = (0, 1) if args.smoke else (1, 3)
-    cfg = InfoPromptConfig(task="cola", shots=16 if args.smoke else 64, max_length=128,
-                           data_dir=str(args.data_dir), cache_dir=cache_dir, model=args.model,
-                           device="cpu", epochs=warm + reps)
+    cfg = bench_config(args, task="cola", shots=16 if args.smoke else 64, max_length=128,
+                       cache_dir=cache_dir, epochs=warm + reps)
     splits = load_splits(cfg, with_test=False, log=quiet)
-    runs = {"fixed": Training(cfg, splits, pad_to=cfg.max_length),
-            "dynamic": Training(cfg, splits, pad_to=None)}
+    runs = {"fixed": BenchTraining(cfg, splits, pad_to=cfg.max_length),
+            "dynamic": BenchTraining(cfg, splits, pad_to=None)}
     loops = {name: training.epochs() for name, training in runs.items()}
     seconds = {name: [] for name in runs}
     for epoch in range(warm + reps):
@@ -189,9 +188,9 @@ def epoch_times(args: argparse.Namespace, cache_dir: str) -> dict:
                 seconds[name].append(time.perf_counter() - started)
         log(f"cola epoch {epoch + 1}/{warm + reps}")
     dynamic = runs["dynamic"]
-    train_tokens = [dynamic._batch(dynamic.train_data, order[s:s + cfg.batch_size])
+    train_tokens = [dynamic.batch(dynamic.train_data, order[s:s + cfg.batch_size])
                     ["input_ids"].shape[1]
-                    for order in [dynamic.epoch_order(0)]
+                    for order in [epoch_order(cfg.seed, 0, len(dynamic.train_data))]
                     for s in range(0, len(order), cfg.batch_size)]
     valid_tokens = max(map(len, dynamic.valid_data.input_ids))
     out = {name: {"epoch_s": statistics.median(values), "all_s": values}
@@ -214,8 +213,7 @@ def store_build(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
     builds, hits, paths, rows = [], [], {}, {}
     for _ in range(repeats):
         cache = tempfile.mkdtemp(prefix="bench-store-")
-        cfg = InfoPromptConfig(task="cola", shots=64, data_dir=str(args.data_dir),
-                               max_length=128, cache_dir=cache, model=args.model, device="cpu")
+        cfg = bench_config(args, task="cola", shots=64, max_length=128, cache_dir=cache)
         started = time.perf_counter()
         splits = load_splits(cfg, with_test=with_test, log=quiet)
         builds.append(time.perf_counter() - started)
@@ -254,13 +252,13 @@ def memory() -> dict[str, int]:
 
 def touch(tables: list[pa.Table]) -> int:
     """Read one byte of every page of every buffer (no copy); returns the bytes covered."""
-    covered = checksum = 0
+    covered = 0
     for table in tables:
         for column in table.columns:
             for chunk in column.chunks:
                 for buffer in (b for b in chunk.buffers() if b is not None and b.size):
                     view = np.frombuffer(buffer, dtype=np.uint8)
-                    checksum += int(view[::4096].sum()) + int(view[-1])
+                    view[::4096].sum(), view[-1]  # reads one byte of each page, copies none
                     covered += len(view)
     return covered
 
@@ -384,7 +382,7 @@ def markdown(result: dict, command: str) -> str:
     add(f"bf16/fp32: floor {b['floor']:.3f}, step {b['step']:.3f}, naive {b['naive']:.3f}. "
         "floor = frozen-encoder forward+backward on the prompted batch (nothing can go below "
         "it); step = `Training.step` with stored P', Z' (batching included); naive = the same "
-        "step recomputing the prompt-free pass (`recompute_prompt_free=True`).")
+        "step recomputing the prompt-free pass (`BenchTraining(two_pass=True)`).")
     add("")
     add("| target | value | met |")
     add("|---|---:|---|")
@@ -454,8 +452,9 @@ def main(argv: list[str] | None = None) -> dict | None:
                         help="measured steps per (dtype, kind), after warm-up (default 30)")
     parser.add_argument("--warmup", type=int, default=5, help="warm-up steps (default 5)")
     parser.add_argument("--model", default="minilm", help="encoder (default: embedded MiniLM)")
-    parser.add_argument("--data-dir", type=Path, default=GLUE,
-                        help=f"GLUE folder with CoLA and SST-2 (default {GLUE})")
+    parser.add_argument("--data-dir", default=GLUE,
+                        help="GLUE folder with CoLA/ and SST-2/ (default: $INFOPROMPT_GLUE_DIR, "
+                             "else the Hugging Face hub)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--out", nargs="?", type=Path, const=BENCHMARKS,
                         default=None, metavar="FILE",
@@ -473,7 +472,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         args.steps, args.warmup = min(args.steps, 2), min(args.warmup, 2)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
-    if not args.data_dir.is_dir():
+    if args.data_dir is not None and not Path(args.data_dir).is_dir():
         parser.error(f"--data-dir {args.data_dir} does not exist (needs CoLA/ and SST-2/)")
     torch.set_num_threads(args.threads)
     command = shlex.join(["python", "bench/step_time.py", *(argv if argv is not None

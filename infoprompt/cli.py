@@ -1,6 +1,6 @@
 """Command-line plumbing shared by `python -m infoprompt` and `tune/search.py`.
 
-Flags are generated from InfoPromptConfig's fields, so a hyperparameter is declared once.
+Flags are generated from the settings dataclasses' fields, so a setting is declared once.
 """
 
 from __future__ import annotations
@@ -12,46 +12,51 @@ import sys
 from collections.abc import Callable, Iterable
 from enum import Enum
 from pathlib import Path
-from typing import Any, NoReturn, get_type_hints
+from typing import Any, NoReturn, get_args, get_type_hints
 
 from infoprompt.config import InfoPromptConfig
 from infoprompt.errors import InfoPromptError
 
-__all__ = ["ArgumentParser", "add_config_arguments", "config_from_args", "fail", "guarded",
-           "main"]
+__all__ = ["ArgumentParser", "add_config_arguments", "add_dataclass_arguments",
+           "config_from_args", "fail", "guarded", "main"]
 
 
-def _shots(value: str) -> int | None:
-    if value == "all":
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {value!r}") from None
+def _flag_type(hint: Any) -> Any:
+    """int for `int`, and for `int | None`: the non-None member of an optional."""
+    members = [m for m in get_args(hint) if m is not type(None)] or [hint]
+    return members[0]
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, *, skip: Iterable[str] = ()) -> None:
-    """One --flag per InfoPromptConfig field (underscores become dashes)."""
-    hints = get_type_hints(InfoPromptConfig)
-    group = parser.add_argument_group("run configuration (InfoPromptConfig)")
-    for field in dataclasses.fields(InfoPromptConfig):
-        if field.name in skip:
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, title: str,
+                            skip: Iterable[str] = ()) -> None:
+    """One --flag per field of a settings dataclass that has a `help` (underscores become
+    dashes). Flags default to "not given", so callers can tell what the user set."""
+    hints = get_type_hints(cls)
+    group = parser.add_argument_group(title)
+    for field in dataclasses.fields(cls):
+        if field.name in skip or "help" not in field.metadata:
             continue
         flag = "--" + field.name.replace("_", "-")
-        kind = hints[field.name]
+        kind = _flag_type(hints[field.name])
+        default = getattr(field.default, "value", field.default)
         options: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS,
-                                   "help": f"{field.metadata['help']} (default: "
-                                           f"{getattr(field.default, 'value', field.default)})"}
+                                   "help": f"{field.metadata['help']} (default: {default})"}
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
             continue
-        if isinstance(kind, type) and issubclass(kind, Enum):
+        if "parse" in field.metadata:
+            options["type"] = field.metadata["parse"]
+        elif isinstance(kind, type) and issubclass(kind, Enum):
             options["choices"] = [member.value for member in kind]
-        elif field.name == "shots":
-            options["type"] = _shots
         elif kind in (int, float):
             options["type"] = kind
         group.add_argument(flag, **options)
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, *, skip: Iterable[str] = ()) -> None:
+    """One --flag per InfoPromptConfig field."""
+    add_dataclass_arguments(parser, InfoPromptConfig, title="run configuration (InfoPromptConfig)",
+                            skip=skip)
 
 
 def config_from_args(args: argparse.Namespace, base: InfoPromptConfig | None = None

@@ -6,6 +6,7 @@ results store `to_dict()`. Defaults are the paper's (Section 4, "Implementation"
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import math
 import numbers
@@ -23,6 +24,9 @@ class ConfigError(InfoPromptError):
 
 
 class Method(str, Enum):
+    """What is trained and with which losses. Every capability a method has is decided here
+    and nowhere else: the model, the loss and the search read these properties."""
+
     INFOPROMPT = "infoprompt"  # L_pred + β·NCE_rep + γ·NCE_head
     GAMMA0 = "gamma0"  # γ = 0
     BETA0 = "beta0"  # β = 0
@@ -34,17 +38,48 @@ class Method(str, Enum):
 
     @property
     def uses_generator(self) -> bool:
+        """Prompts come from P' through the bottleneck generator (IDPG-style)."""
         return self in {Method.INFOPROMPT, Method.GAMMA0, Method.BETA0, Method.PRED_ONLY,
                         Method.IDPG}
 
     @property
+    def uses_free_prompts(self) -> bool:
+        """n_p prompt vectors trained directly, the same for every input (WARP)."""
+        return self is Method.WARP
+
+    @property
     def uses_prompts(self) -> bool:
-        return self.uses_generator or self is Method.WARP
+        """The prompted template; the others read the prompt-free one."""
+        return self.uses_generator or self.uses_free_prompts
+
+    @property
+    def uses_adapters(self) -> bool:
+        return self is Method.ADAPTER
+
+    @property
+    def trains_encoder(self) -> bool:
+        return self is Method.FINETUNE
+
+    @property
+    def uses_bottleneck(self) -> bool:
+        """r is the width of the generator's or the adapters' bottleneck."""
+        return self.uses_generator or self.uses_adapters
 
     @property
     def uses_critics(self) -> bool:
-        """Whether the MI heads (f_mu, f_sigma, W1, W2) exist at all."""
+        """Whether the MI heads (f_mu, f_sigma, W1, W2) exist and both NCE terms are computed
+        (and logged), whatever their weights."""
         return self in {Method.INFOPROMPT, Method.GAMMA0, Method.BETA0, Method.PRED_ONLY}
+
+    @property
+    def uses_rep_loss(self) -> bool:
+        """β·NCE_rep is part of the objective."""
+        return self in {Method.INFOPROMPT, Method.GAMMA0}
+
+    @property
+    def uses_head_loss(self) -> bool:
+        """γ·NCE_head is part of the objective."""
+        return self in {Method.INFOPROMPT, Method.BETA0}
 
 
 class Critic(str, Enum):
@@ -61,8 +96,18 @@ def _integral(value: Any) -> bool:
     return isinstance(value, numbers.Real) and math.isfinite(value) and int(value) == value
 
 
-def _field(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
+def _field(default: Any, help: str, **metadata: Any) -> Any:
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+def parse_shots(value: str) -> int | None:
+    """--shots: an integer, or 'all' (None)."""
+    if value == "all":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {value!r}") from None
 
 
 @dataclass(frozen=True)
@@ -70,7 +115,8 @@ class InfoPromptConfig:
     # --- data (these fields also determine the Arrow store key) ---
     task: str = _field("demo", "task: cola, sst2, rte, mrpc or demo (generated, offline)")
     shots: int | None = _field(64, "examples in train and again in valid, class-balanced; "
-                                   "'all' = the full train split with a held-out 10%% valid")
+                                   "'all' = the full train split with a held-out 10%% valid",
+                                   parse=parse_shots)
     seed: int = _field(0, "draws the few-shot split and seeds training")
     model: str = _field("minilm", "encoder: Hugging Face name or local path; "
                                   "'minilm' = the embedded MiniLM-L6")
@@ -144,11 +190,32 @@ class InfoPromptConfig:
     # The ablations are the same code path with a weight forced to zero.
     @property
     def effective_beta(self) -> float:
-        return self.beta if self.method in (Method.INFOPROMPT, Method.GAMMA0) else 0.0
+        return self.beta if self.method.uses_rep_loss else 0.0
 
     @property
     def effective_gamma(self) -> float:
-        return self.gamma if self.method in (Method.INFOPROMPT, Method.BETA0) else 0.0
+        return self.gamma if self.method.uses_head_loss else 0.0
+
+    @property
+    def unused_fields(self) -> frozenset[str]:
+        """Fields that change nothing this configuration trains (a search leaves them alone:
+        varying them would only feed noise to the sampler)."""
+        method = self.method
+        mi_loss = method.uses_rep_loss or method.uses_head_loss
+        unused = set()
+        if not method.uses_rep_loss:
+            unused |= {"beta", "log_sigma_max"}
+        if not method.uses_head_loss:
+            unused.add("gamma")
+        if not mi_loss:
+            unused.add("k_negatives")
+        if not mi_loss or self.critic is not Critic.COSINE:
+            unused.add("temperature")
+        if not method.uses_bottleneck:
+            unused.add("bottleneck")
+        if not method.trains_encoder:
+            unused.add("encoder_lr")
+        return frozenset(unused)
 
     def replace(self, **changes: Any) -> InfoPromptConfig:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from infoprompt.config import Critic, InfoPromptConfig, Method
+from infoprompt.config import Critic, InfoPromptConfig
 
 __all__ = ["Adapter", "InfoPromptModel", "PairCritic", "PromptGenerator"]
 
@@ -94,7 +94,7 @@ class InfoPromptModel(nn.Module):
         self.generator = (PromptGenerator(hidden, cfg.bottleneck, cfg.n_prompts, init_prompts)
                           if cfg.method.uses_generator else None)
         self.free_prompts = (nn.Parameter(init_prompts.clone())
-                             if cfg.method is Method.WARP else None)
+                             if cfg.method.uses_free_prompts else None)
         self.head = nn.Linear(hidden, num_labels)
         if cfg.method.uses_critics:
             self.f_mu = nn.Linear(hidden, hidden)
@@ -102,12 +102,12 @@ class InfoPromptModel(nn.Module):
             self.critic_rep = PairCritic(hidden, cfg.critic, cfg.temperature)  # W2, eq. 10
             self.critic_head = PairCritic(hidden, cfg.critic, cfg.temperature)  # W1, eq. 5
         self.adapters = None
-        if cfg.method is Method.ADAPTER:
+        if cfg.method.uses_adapters:
             layers = _transformer_layers(encoder)
             self.adapters = nn.ModuleList(Adapter(hidden, cfg.bottleneck) for _ in layers)
             for layer, adapter in zip(layers, self.adapters):
                 layer.register_forward_hook(_adapter_hook(adapter))
-        if cfg.method is Method.FINETUNE:
+        if cfg.method.trains_encoder:
             encoder.requires_grad_(True)
 
     def prompts(self, p_free: torch.Tensor) -> torch.Tensor | None:

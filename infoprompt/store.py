@@ -23,13 +23,15 @@ import pyarrow.compute as pc
 import pyarrow.feather as feather
 import torch
 
+from infoprompt.batching import pad
 from infoprompt.config import InfoPromptConfig
 from infoprompt.encoder import load_encoder, load_tokenizer, prompt_free_features
-from infoprompt.errors import InfoPromptError
-from infoprompt.tasks import Task, few_shot_splits, get_task, load_raw
-from infoprompt.template import Template
+from infoprompt.few_shot import few_shot_splits
+from infoprompt.sources import load_raw
+from infoprompt.tasks import Task, get_task
+from infoprompt.template import Template, prompt_free_ids
 
-__all__ = ["SPLITS", "Splits", "default_cache_dir", "load_splits", "rotations", "store_key"]
+__all__ = ["SPLITS", "Splits", "default_cache_dir", "load_splits", "store_key"]
 
 SPLITS = ("train", "valid", "test")
 FORMAT_VERSION = 1  # bump when the columns or the template change meaning
@@ -97,27 +99,6 @@ def load_splits(cfg: InfoPromptConfig, *, with_test: bool = True, log=None) -> S
         tables.update(_build(cfg, task, raw, tokenizer, keys, paths, missing, log))
     return Splits(task, tables["train"], tables["valid"], tables.get("test"), keys["train"][0],
                   {name: str(path) for name, path in paths.items()})
-
-
-def rotations(splits: Splits, folds: int, *, seed: int) -> list[Splits]:
-    """Cross-validation over the train+valid pool: fold i validates on a class-stratified
-    1/folds of it and trains on the rest. The test split is never part of the pool."""
-    pool = pa.concat_tables([splits.train.replace_schema_metadata(None),
-                             splits.valid.replace_schema_metadata(None)])
-    labels = pool.column("label").to_numpy()
-    smallest = int(np.bincount(labels).min())
-    if not 2 <= folds <= smallest:
-        raise InfoPromptError(f"--cv-folds {folds}: needs 2 <= folds <= {smallest} (the "
-                              "smallest class in train+valid); use fewer folds or more shots")
-    rng = np.random.default_rng(seed)
-    fold_of = np.empty(len(labels), dtype=np.int64)
-    for label in np.unique(labels):
-        rows = rng.permutation(np.flatnonzero(labels == label))
-        fold_of[rows] = np.arange(len(rows)) % folds
-    return [dataclasses.replace(splits, train=pool.take(np.flatnonzero(fold_of != fold)),
-                                valid=pool.take(np.flatnonzero(fold_of == fold)), test=None,
-                                key=f"{splits.key}-fold{fold}of{folds}")
-            for fold in range(folds)]
 
 
 def _read(path: Path, key: tuple[str, dict], log) -> pa.Table | None:
@@ -214,11 +195,6 @@ def tokenize(samples: pa.Table, task: Task, tokenizer, template: Template) -> pa
     })
 
 
-def prompt_free_ids(input_ids: list[int], n_prompts: int) -> list[int]:
-    """The prompt-free template: the prompted ids without the slots at 1..n_p."""
-    return input_ids[:1] + input_ids[1 + n_prompts:]
-
-
 def encode_prompt_free(encoder, table: pa.Table, n_prompts: int, *, device: torch.device,
                        batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """P', Z' for every row, (N, D) float32 each."""
@@ -250,17 +226,3 @@ def _with_features(table: pa.Table, p_free: np.ndarray, z_free: np.ndarray) -> p
         column = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), hidden)
         table = table.append_column(name, column)
     return table
-
-
-def pad(rows: list[list[int]], length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad id lists to the longest row (or `length`): ids (B, T), attention (B, T).
-
-    The pad id is irrelevant: padded keys are masked out and their outputs never read.
-    """
-    length = length or max(map(len, rows))
-    ids = torch.zeros((len(rows), length), dtype=torch.long)
-    attention = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, :len(row)] = torch.as_tensor(row)
-        attention[i, :len(row)] = 1
-    return ids, attention

@@ -4,7 +4,8 @@
     pair:    [CLS] P_1 … P_np x1 [MASK] x2 [SEP]
 
 Prompt slots always sit at positions 1..n_p, so inserting prompts is a slice assignment,
-and the prompt-free template (DESIGN.md step 1) is the same ids with those slots removed.
+and the prompt-free template (docs/design.md, "The method") is the same ids with those slots
+removed.
 Truncation only ever cuts text tokens, never a prompt slot, the mask or a special token.
 """
 
@@ -17,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from infoprompt.errors import InfoPromptError
 
-__all__ = ["Encoded", "Template", "TemplateError"]
+__all__ = ["Encoded", "Template", "TemplateError", "prompt_free_ids"]
 
 
 class TemplateError(InfoPromptError):
@@ -82,3 +83,8 @@ def _truncate_longest_first(pieces: list[list[int]], budget: int) -> list[list[i
     while sum(map(len, pieces)) > budget:
         max(pieces, key=len).pop()
     return pieces
+
+
+def prompt_free_ids(input_ids: list[int], n_prompts: int) -> list[int]:
+    """The prompt-free template: the prompted ids without the slots at 1..n_p."""
+    return input_ids[:1] + input_ids[1 + n_prompts:]

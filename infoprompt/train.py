@@ -9,27 +9,25 @@ from __future__ import annotations
 import copy
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
 import torch
 import torch.nn.functional as F
 
+from infoprompt.batching import SplitTensors, epoch_order, make_batch
 from infoprompt.config import InfoPromptConfig
-from infoprompt.encoder import load_encoder, prompt_free_features
+from infoprompt.encoder import load_encoder
 from infoprompt.errors import InfoPromptError
 from infoprompt.losses import mi_bound, nce_head, nce_rep, sample_token_negatives
 from infoprompt.metrics import classification_metrics
 from infoprompt.model import InfoPromptModel
-from infoprompt.store import Splits, pad, prompt_free_ids
+from infoprompt.store import Splits
 
-__all__ = ["Diverged", "Training", "fit", "resolve_device", "run"]
+__all__ = ["Diverged", "Training", "fit", "linear_schedule", "resolve_device", "run"]
 
-LOSS_TERMS = ("loss", "loss_pred", "nce_rep", "nce_head", "prompt_norm")
+LOSS_TERMS = ("loss", "loss_pred", "nce_rep", "nce_head")  # the objective and its terms
+STEP_MEANS = (*LOSS_TERMS, "prompt_norm")  # averaged over an epoch's steps
 
 
 class Diverged(InfoPromptError):
@@ -45,56 +43,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-@dataclass
-class SplitTensors:
-    """A split table as tensors, converted once per run (the table may be memory-mapped)."""
-    input_ids: list[list[int]]
-    mask_pos: torch.Tensor
-    labels: torch.Tensor
-    text_ids: list[list[int]]
-    p_free: torch.Tensor
-    z_free: torch.Tensor
-
-    @classmethod
-    def from_table(cls, table: pa.Table) -> SplitTensors:
-        def features(name: str) -> torch.Tensor:
-            """A view of the table's float32 buffer, not a copy: concurrent trials on a node
-            share one copy of the features (memory-mapped, or in Ray's object store)."""
-            column = table.column(name)
-            # combine_chunks() copies even a single chunk; flatten() honours a slice's offset.
-            array = column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
-            values = array.flatten().to_numpy(zero_copy_only=False)
-            if values.dtype != np.float32:
-                values = values.astype(np.float32)
-            with warnings.catch_warnings():
-                # Read-only memory: nothing writes into it (batches index, which copies).
-                warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-                return torch.from_numpy(values.reshape(len(array), -1))
-
-        return cls(input_ids=table.column("input_ids").to_pylist(),
-                   mask_pos=torch.tensor(table.column("mask_pos").to_numpy(), dtype=torch.long),
-                   labels=torch.tensor(table.column("label").to_numpy(), dtype=torch.long),
-                   text_ids=table.column("text_ids").to_pylist(),
-                   p_free=features("p_free"), z_free=features("z_free"))
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-
-def make_batch(split: SplitTensors, rows: list[int], *, n_prompts: int, with_prompts: bool,
-               pad_to: int | None = None) -> dict[str, torch.Tensor]:
-    """Pad to the longest row of this batch (or to `pad_to`); methods without prompts get
-    the prompt-free template."""
-    ids = [split.input_ids[i] for i in rows]
-    mask_pos = split.mask_pos[rows]
-    if not with_prompts:
-        ids = [prompt_free_ids(row, n_prompts) for row in ids]
-        mask_pos = mask_pos - n_prompts
-    input_ids, attention = pad(ids, pad_to)
-    text_ids, text_mask = pad([split.text_ids[i] or [0] for i in rows])
-    return {"input_ids": input_ids, "attention_mask": attention, "mask_pos": mask_pos,
-            "labels": split.labels[rows], "text_ids": text_ids, "text_mask": text_mask,
-            "p_free": split.p_free[rows], "z_free": split.z_free[rows]}
+def linear_schedule(optimizer: torch.optim.Optimizer, cfg: InfoPromptConfig,
+                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over cfg.warmup_ratio of the steps, then linear decay to zero."""
+    warmup = max(1, int(cfg.warmup_ratio * total_steps))
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min((step + 1) / warmup,
+                                    max(0.0, (total_steps - step) / max(1, total_steps - warmup))))
 
 
 def _adamw(groups: list[dict], **options: Any) -> torch.optim.AdamW:
@@ -109,13 +64,9 @@ def _adamw(groups: list[dict], **options: Any) -> torch.optim.AdamW:
 class Training:
     """State of one run. `epochs()` trains and yields metrics; `state()` is a checkpoint."""
 
-    def __init__(self, cfg: InfoPromptConfig, splits: Splits, *, resume: dict | None = None,
-                 recompute_prompt_free: bool = False, pad_to: int | None = None):
+    def __init__(self, cfg: InfoPromptConfig, splits: Splits, *, resume: dict | None = None):
         self.cfg = cfg
         self.splits = splits
-        # The authors' two-pass design, kept for benchmarks and equivalence tests.
-        self.recompute_prompt_free = recompute_prompt_free
-        self.pad_to = pad_to
         self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
         # torch's CPU flash-attention backward in bf16 costs ~9x its fp32 one (MiniLM, batch
@@ -128,11 +79,7 @@ class Training:
         self.valid_data = SplitTensors.from_table(splits.valid)
         self.steps_per_epoch = math.ceil(len(self.train_data) / cfg.batch_size)
         self.optimizer = _adamw(self._param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        total = self.steps_per_epoch * cfg.epochs
-        warmup = max(1, int(cfg.warmup_ratio * total))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: min((step + 1) / warmup,
-                                             max(0.0, (total - step) / max(1, total - warmup))))
+        self.scheduler = linear_schedule(self.optimizer, cfg, self.steps_per_epoch * cfg.epochs)
         self.epoch = 0
         self.history: list[dict[str, Any]] = []
         self.best_epoch = -1
@@ -152,24 +99,22 @@ class Training:
         return groups
 
     # --- one step -----------------------------------------------------------------------
-    def _autocast(self):
+    def autocast(self) -> torch.autocast:
+        """bf16 autocast when cfg.bf16, else a no-op context."""
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
 
-    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        if self.recompute_prompt_free:
-            # Prompt slots sit at columns 1..n_p: dropping them is the prompt-free template.
-            keep = [0] + list(range(1 + self.cfg.n_prompts, batch["input_ids"].shape[1]))
-            with self._autocast():
-                batch["p_free"], batch["z_free"] = prompt_free_features(
-                    self.model.encoder, batch["input_ids"][:, keep],
-                    batch["attention_mask"][:, keep], batch["mask_pos"] - self.cfg.n_prompts)
-        return batch
+    def batch(self, split: SplitTensors, rows: list[int], *,
+              pad_to: int | None = None) -> dict[str, torch.Tensor]:
+        """Rows of a split as a batch on the run's device, padded to its longest row (or to
+        `pad_to`); methods without prompts get the prompt-free template."""
+        batch = make_batch(split, rows, n_prompts=self.cfg.n_prompts,
+                           with_prompts=self.cfg.method.uses_prompts, pad_to=pad_to)
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """L = L_pred + β·NCE_rep + γ·NCE_head (eq. 11), and the terms."""
         cfg, model = self.cfg, self.model
-        with self._autocast():
+        with self.autocast():
             z, logits, prompts = model(batch["input_ids"], batch["attention_mask"],
                                        batch["mask_pos"], batch["p_free"])
             out = {"loss_pred": F.cross_entropy(logits.float(), batch["labels"])}
@@ -192,7 +137,8 @@ class Training:
         return out
 
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        out = self.losses(self._to_device(batch))
+        """One optimizer step on a batch from `batch()`; returns the losses."""
+        out = self.losses(batch)
         if not torch.isfinite(out["loss"]):
             raise Diverged(f"loss became {out['loss'].item()} in epoch {self.epoch + 1} "
                            f"(lr={self.cfg.lr:g}); lower the learning rate")
@@ -211,34 +157,25 @@ class Training:
         predictions = []
         for start in range(0, len(split), self.cfg.eval_batch_size):
             rows = list(range(start, min(start + self.cfg.eval_batch_size, len(split))))
-            batch = self._to_device(self._batch(split, rows))
-            with self._autocast():
+            batch = self.batch(split, rows)
+            with self.autocast():
                 _, logits, _ = self.model(batch["input_ids"], batch["attention_mask"],
                                           batch["mask_pos"], batch["p_free"])
             predictions.append(logits.argmax(-1).cpu())
         return classification_metrics(split.labels.tolist(), torch.cat(predictions).tolist(),
                                       self.splits.task.num_labels)
 
-    def _batch(self, split: SplitTensors, rows: list[int]) -> dict[str, torch.Tensor]:
-        return make_batch(split, rows, n_prompts=self.cfg.n_prompts,
-                          with_prompts=self.cfg.method.uses_prompts, pad_to=self.pad_to)
-
     # --- the loop -----------------------------------------------------------------------
-    def epoch_order(self, epoch: int) -> list[int]:
-        """Shuffle order from (seed, epoch) alone: a resumed run sees the same batches."""
-        generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch)
-        return torch.randperm(len(self.train_data), generator=generator).tolist()
-
     def epochs(self) -> Iterator[dict[str, Any]]:
         cfg = self.cfg
         metric = self.splits.task.metric
         while self.epoch < cfg.epochs:
             started = time.perf_counter()
-            order = self.epoch_order(self.epoch)
-            sums = dict.fromkeys(LOSS_TERMS, 0.0)  # device tensors: one sync per epoch
+            order = epoch_order(cfg.seed, self.epoch, len(self.train_data))
+            sums = dict.fromkeys(STEP_MEANS, 0.0)  # device tensors: one sync per epoch
             for start in range(0, len(order), cfg.batch_size):
-                out = self.step(self._batch(self.train_data, order[start:start + cfg.batch_size]))
-                for name in LOSS_TERMS:
+                out = self.step(self.batch(self.train_data, order[start:start + cfg.batch_size]))
+                for name in STEP_MEANS:
                     sums[name] = sums[name] + out[name].detach()
             self.epoch += 1
             valid = self.evaluate(self.valid_data)

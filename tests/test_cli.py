@@ -1,4 +1,4 @@
-"""`python -m infoprompt` and `python -m infoprompt.data`, run as a user runs them."""
+"""`python -m infoprompt` and `python -m infoprompt.store_cli`, run as a user runs them."""
 
 from __future__ import annotations
 
@@ -62,10 +62,11 @@ def test_a_run_writes_metrics_json(tmp_path, cli_cache):
 
 
 def test_data_build_reports_every_table(tmp_path, cli_cache):
-    done = _cli("infoprompt.data", "build", "--task", "demo", "--shots", "16", "--seeds", "0",
+    done = _cli("infoprompt.store_cli", "build", "--task", "demo", "--shots", "16", "--seeds", "0",
                 "1", "--cache-dir", str(cli_cache), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    pattern = re.compile(r"^demo seed (\d) (train|valid|test)\s+(\d+) rows\s+([\d.]+) MiB\s+(\S+)$")
+    pattern = re.compile(
+        r"^demo seed (\d) (train|valid|test)\s+(\d+) rows\s+([\d.]+) MiB\s+(\S+)$")
     rows = [pattern.match(line) for line in done.stdout.splitlines()]
     assert all(rows) and len(rows) == 6, done.stdout
     seen = set()
@@ -159,7 +160,7 @@ def test_data_build_bad_input_is_one_error_line(tmp_path, cli_cache):
                  ["build", "--task", "demo", "--k-negatives", "1"],
                  ["build", "--task", "nosuchtask"],
                  []):
-        done = _cli("infoprompt.data", *args, "--cache-dir", str(cli_cache), cwd=tmp_path)
+        done = _cli("infoprompt.store_cli", *args, "--cache-dir", str(cli_cache), cwd=tmp_path)
         assert done.returncode != 0, args
         lines = done.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: "), (args, done.stderr)
@@ -169,7 +170,7 @@ def test_data_build_bad_input_is_one_error_line(tmp_path, cli_cache):
 @pytest.mark.slow
 def test_a_diverging_run_ends_in_one_error_line(tmp_path, cli_cache):
     # The store is filled first, so stderr holds nothing but the outcome of training.
-    built = _cli("infoprompt.data", "build", "--task", "demo", "--shots", "16",
+    built = _cli("infoprompt.store_cli", "build", "--task", "demo", "--shots", "16",
                  "--cache-dir", str(cli_cache), cwd=tmp_path)
     assert built.returncode == 0, built.stderr
     done = _cli("infoprompt", "--task", "demo", "--shots", "16", "--epochs", "4", "--device",

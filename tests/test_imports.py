@@ -22,7 +22,8 @@ def _modules_after(statement: str) -> set[str]:
 @pytest.mark.parametrize("statement", [
     "import infoprompt",
     "import infoprompt.train, infoprompt.store, infoprompt.encoder, infoprompt.model",
-    "import infoprompt.cli, infoprompt.data, infoprompt.tasks, infoprompt.losses",
+    "import infoprompt.cli, infoprompt.store_cli, infoprompt.tasks, infoprompt.losses",
+    "import infoprompt.sources, infoprompt.few_shot, infoprompt.demo, infoprompt.batching",
     "from infoprompt import fit, load_splits, run",
 ])
 def test_infoprompt_does_not_import_ray(statement):

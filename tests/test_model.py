@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
+from infoprompt.batching import pad
 from infoprompt.config import InfoPromptConfig, Method
 from infoprompt.encoder import load_tokenizer
 from infoprompt.model import InfoPromptModel
-from infoprompt.store import pad, prompt_free_ids
-from infoprompt.template import Template
+from infoprompt.template import Template, prompt_free_ids
 from infoprompt.train import Training
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -158,7 +158,7 @@ def test_trainable_parts_move_z(method: Method, minilm_encoder) -> None:
 def test_gradients_reach_exactly_the_trained_parts(method: Method, demo_splits_16) -> None:
     training = Training(_config(method), demo_splits_16)
     model = training.model
-    batch = training._to_device(training._batch(training.train_data, list(range(8))))
+    batch = training.batch(training.train_data, list(range(8)))
     out = training.losses(batch)
     assert torch.isfinite(out["loss"])
     if method.uses_critics:

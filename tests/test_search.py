@@ -320,7 +320,8 @@ def test_diverging_trials_fail_without_stopping_the_search(tmp_path, cache_dir):
 @pytest.mark.parametrize("flags, message", [
     (["--task", "nope"], "unknown task 'nope'"),
     (["--beta-range", "1", "0.1"], "--beta-range needs 0 < LOW <= HIGH, got 1 0.1"),
-    (["--k-choices", "1", "8"], "--k-choices must all be >= 2"),
+    (["--k-negatives-choices", "1", "8"],
+     "--k-negatives-choices 1 8: k_negatives (K) must be an integer >= 2"),
     (["--num-samples", "0"], "--num-samples must be >= 1"),
     (["--grace-period", "3"], "--grace-period 3 is more than --epochs 2"),
     (["--gpus-per-trial", "1"], "has no GPU"),
@@ -356,10 +357,10 @@ def test_help_is_quick():
     done = search("--help", timeout=120)
     assert done.returncode == 0, tail(done)
     assert done.stdout.startswith("usage: python tune/search.py")
-    for flag in ("--lr-range", "--k-choices", "--resume", "--address", "--final-seeds",
+    for flag in ("--lr-range", "--k-negatives-choices", "--resume", "--address", "--final-seeds",
                  "--max-grad-norm"):
         assert flag in done.stdout
-    for searched in ("--beta ", "--lr ", "--k-negatives"):  # set by the search, not flags
+    for searched in ("--beta ", "--lr ", "--k-negatives ", "--temperature "):  # set by the search
         assert searched not in done.stdout
     assert time.perf_counter() - started < 30
 
@@ -369,48 +370,52 @@ def test_help_is_quick():
 
 def test_resume_takes_the_experiments_settings(tmp_path):
     from infoprompt.errors import InfoPromptError
-    from tune.experiment import load_settings, resumed_args, save_settings
+    from tune.experiment import load_settings, save_settings
     from tune.search import parse_args
+    from tune.settings import resumed, settings_from_args
+    from tune.space import Choice, Range
 
-    def resumed(args, saved, name):
-        return resumed_args(args, saved, name, defaults=parse_args([]))
+    def settings(argv):
+        args = parse_args(argv)
+        return settings_from_args(args), set(vars(args))
 
     first = ["--task", "demo", "--shots", "16", "--epochs", "3", "--num-samples", "6",
-             "--lr-range", "1e-3", "1e-2", "--k-choices", "8", "16", "--gpus-per-trial", "0.5",
-             "--cache-dir", str(tmp_path / "cache"), "--method", "gamma0"]
-    started = parse_args([*first, "--storage-path", str(tmp_path), "--name", "x"])
+             "--lr-range", "1e-3", "1e-2", "--k-negatives-choices", "8", "16",
+             "--gpus-per-trial", "0.5", "--cache-dir", str(tmp_path / "cache"),
+             "--method", "gamma0"]
+    started, _ = settings([*first, "--storage-path", str(tmp_path), "--name", "x"])
     save_settings(started, str(tmp_path), "x")
+    saved_json = (tmp_path / "x" / "search_args.json").read_text()
+    assert "storage_path" not in saved_json and "address" not in saved_json
     saved = load_settings(str(tmp_path / "x"))
-    assert saved is not None and "storage_path" not in saved and "address" not in saved
+    assert saved is not None and saved.space == started.space
     assert load_settings(str(tmp_path / "missing")) is None
 
     # Only the name and the place given: everything else is the experiment's.
-    now = parse_args(["--resume", "--name", "x", "--storage-path", "/elsewhere",
-                      "--address", "head:6379"])
-    merged = resumed(now, saved, "x")
-    assert (merged.epochs, merged.shots, merged.num_samples, merged.method) == \
-        (3, 16, 6, "gamma0")
-    assert merged.lr_range == [1e-3, 1e-2] and merged.k_choices == [8, 16]
-    assert merged.gpus_per_trial == 0.5 and merged.cache_dir == str(tmp_path / "cache")
+    now, given = settings(["--resume", "--name", "x", "--storage-path", "/elsewhere",
+                           "--address", "head:6379"])
+    merged = resumed(saved, now, given)
+    assert (merged.config.epochs, merged.config.shots, merged.num_samples,
+            merged.config.method.value) == (3, 16, 6, "gamma0")
+    assert merged.space["lr"] == Range(1e-3, 1e-2)
+    assert merged.space["k_negatives"] == Choice((8, 16))
+    assert merged.gpus_per_trial == 0.5
+    assert merged.config.cache_dir == str(tmp_path / "cache")
     assert (merged.storage_path, merged.address, merged.resume, merged.name) == \
         ("/elsewhere", "head:6379", True, "x")
 
     # The same flags again are fine; resources per trial may change (a different cluster).
-    again = resumed(parse_args([*first, "--resume", "--name", "x", "--cpus-per-trial",
-                                     "2", "--gpus-per-trial", "1"]), saved, "x")
-    assert (again.cpus_per_trial, again.gpus_per_trial, again.epochs) == (2, 1, 3)
-    relative = resumed(parse_args(["--resume", "--cache-dir", str(tmp_path / "cache")]),
-                            saved, "x")
-    assert relative.epochs == 3
+    again = resumed(saved, *settings([*first, "--resume", "--name", "x", "--cpus-per-trial",
+                                      "2", "--gpus-per-trial", "1"]))
+    assert (again.cpus_per_trial, again.gpus_per_trial, again.config.epochs) == (2, 1, 3)
+    relative = resumed(saved, *settings(["--resume", "--cache-dir", str(tmp_path / "cache")]))
+    assert relative.config.epochs == 3
 
     # Anything else that differs is refused, each named with the experiment's value.
     with pytest.raises(InfoPromptError) as caught:
-        resumed(parse_args(["--resume", "--epochs", "5", "--num-samples", "9",
-                                 "--lr-range", "1e-4", "1e-3", "--shots", "32"]), saved, "x")
+        resumed(saved, *settings(["--resume", "--epochs", "5", "--num-samples", "9",
+                                  "--lr-range", "1e-4", "1e-3", "--shots", "32"]))
     message = str(caught.value)
     for part in ("--epochs 5 (it has 3)", "--num-samples 9 (it has 6)",
                  "--lr-range 0.0001 0.001 (it has 0.001 0.01)", "--shots 32 (it has 16)"):
         assert part in message, message
-
-    # An experiment without saved settings resumes with the command's own (with a warning).
-    assert resumed(now, None, "x") is now

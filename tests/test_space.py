@@ -1,44 +1,77 @@
-"""tune/space.py: which fields each method searches, the paper default as the first point,
-and the checks on the CLI's narrowed ranges. Pure: no Ray cluster, no training."""
+"""tune/space.py: which fields each configuration searches, the paper default as the first
+point, the generated flags and the checks on the values a user narrows them to."""
 
 from __future__ import annotations
 
 import pytest
 from ray.tune.search.sample import Categorical, Float
 
-from infoprompt.config import InfoPromptConfig, Method
+from infoprompt.config import Critic, InfoPromptConfig, Method
 from infoprompt.errors import InfoPromptError
-from tune.space import SPACE, Range, default_point, narrowed, param_space
+from tune.space import (
+    SPACE,
+    Choice,
+    Range,
+    default_point,
+    flag,
+    narrowed,
+    paper_point,
+    param_space,
+    searched_fields,
+)
 
 ALL_FIVE = {"beta", "gamma", "k_negatives", "lr", "bottleneck"}
 PAPER = {"beta": 0.1, "gamma": 0.05, "k_negatives": 32, "lr": 1e-3, "bottleneck": 64}
+SEARCHED = [
+    (Method.INFOPROMPT, Critic.BILINEAR, ALL_FIVE),  # τ only matters for a bounded critic
+    (Method.INFOPROMPT, Critic.COSINE, ALL_FIVE | {"temperature"}),
+    (Method.GAMMA0, Critic.BILINEAR, {"lr", "beta", "k_negatives", "bottleneck"}),
+    (Method.BETA0, Critic.BILINEAR, {"lr", "gamma", "k_negatives", "bottleneck"}),
+    (Method.PRED_ONLY, Critic.BILINEAR, {"lr", "bottleneck"}),  # no MI term in the loss
+    (Method.PRED_ONLY, Critic.COSINE, {"lr", "bottleneck"}),
+    (Method.IDPG, Critic.BILINEAR, {"lr", "bottleneck"}),
+    (Method.WARP, Critic.BILINEAR, {"lr"}),  # free prompt vectors: no bottleneck
+    (Method.ADAPTER, Critic.BILINEAR, {"lr", "bottleneck"}),  # r is the adapters' width
+    (Method.FINETUNE, Critic.BILINEAR, {"lr"}),
+]
 
 
-@pytest.mark.parametrize("method, fields", [
-    (Method.INFOPROMPT, ALL_FIVE),
-    (Method.GAMMA0, {"lr", "beta", "k_negatives", "bottleneck"}),  # γ forced to 0
-    (Method.BETA0, {"lr", "gamma", "k_negatives", "bottleneck"}),  # β forced to 0
-    (Method.PRED_ONLY, {"lr", "bottleneck"}),  # no MI terms: β, γ, K change nothing
-    (Method.IDPG, {"lr", "bottleneck"}),
-    (Method.WARP, {"lr"}),  # free prompt vectors: no generator, no bottleneck
-    (Method.ADAPTER, {"lr", "bottleneck"}),  # r is the adapters' width
-    (Method.FINETUNE, {"lr"}),
-])
-def test_param_space_has_only_the_fields_the_method_uses(method, fields):
-    space = param_space(method, SPACE)
-    assert set(space) == fields
-    # Every searched field changes what the method trains (else TPE would chase noise).
-    for name in fields - {"lr"}:
-        low = InfoPromptConfig(method=method, **{name: 2 if name == "k_negatives" else 1})
-        high = InfoPromptConfig(method=method, **{name: 8 if name == "k_negatives" else 5})
-        assert (low.effective_beta, low.effective_gamma, low.k_negatives, low.bottleneck) != \
-            (high.effective_beta, high.effective_gamma, high.k_negatives, high.bottleneck)
+@pytest.mark.parametrize("method, critic, fields", SEARCHED)
+def test_param_space_has_only_the_fields_the_config_uses(method, critic, fields):
+    cfg = InfoPromptConfig(method=method, critic=critic)
+    assert set(param_space(cfg, SPACE)) == fields
+    assert default_point(cfg, SPACE) == {name: PAPER.get(name, 0.1) for name in fields}
 
 
-def test_param_space_samplers_follow_design():
-    space = param_space(Method.INFOPROMPT, SPACE)
+def _losses_after_two_steps(cfg: InfoPromptConfig, splits) -> list[float]:
+    from infoprompt.train import Training
+
+    training = Training(cfg, splits)
+    return [training.step(training.batch(training.train_data, list(range(8))))["loss"].item()
+            for _ in range(2)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method, critic", [(m, c) for m, c, _ in SEARCHED])
+def test_a_field_is_searched_exactly_when_it_changes_what_is_trained(
+        method, critic, demo_splits_16, torch_one_thread):
+    """Two short runs that differ in one SPACE field only: the losses differ if and only if
+    that field is searched for this configuration (else the sampler would chase noise, or
+    miss a knob that matters)."""
+    base = InfoPromptConfig(method=method, critic=critic, epochs=1, device="cpu")
+    searched = searched_fields(base, SPACE)
+    splits = demo_splits_16.without_test()
+    for name, entry in SPACE.items():
+        low, high = entry.values[0], entry.values[-1]
+        changed = (_losses_after_two_steps(base.replace(**{name: low}), splits)
+                   != _losses_after_two_steps(base.replace(**{name: high}), splits))
+        assert changed == (name in searched), (name, low, high)
+
+
+def test_param_space_samplers_follow_the_space():
+    space = param_space(InfoPromptConfig(critic="cosine"), SPACE)
     for name, (low, high) in {"beta": (1e-3, 1.0), "gamma": (1e-3, 1.0),
-                              "lr": (1e-4, 1e-2)}.items():
+                              "lr": (1e-4, 1e-2), "temperature": (0.01, 1.0)}.items():
         assert isinstance(space[name], Float)
         assert (space[name].lower, space[name].upper) == (low, high)
         assert "LogUniform" in type(space[name].get_sampler()).__name__
@@ -47,9 +80,24 @@ def test_param_space_samplers_follow_design():
     assert space["bottleneck"].categories == [16, 32, 64, 128, 256]
 
 
+def test_flags_are_generated_from_the_space():
+    from tune.search import parse_args
+
+    assert [flag(name) for name in SPACE] == [
+        "--beta-range", "--gamma-range", "--k-negatives-choices", "--lr-range",
+        "--bottleneck-choices", "--temperature-range"]
+    args = parse_args(["--temperature-range", "0.05", "0.5", "--k-negatives-choices", "8", "16"])
+    from tune.space import space_from_args
+
+    space = space_from_args(args)
+    assert space["temperature"] == Range(0.05, 0.5)
+    assert space["k_negatives"] == Choice((8, 16))
+    assert space["lr"] == SPACE["lr"]
+
+
 def test_narrowed_ranges_reach_the_samplers():
-    space = narrowed({"lr": Range(1e-3, 5e-3), "k_negatives": Range(choices=(16, 64))})
-    sampled = param_space(Method.INFOPROMPT, space)
+    space = narrowed({"lr": Range(1e-3, 5e-3), "k_negatives": Choice((16, 64))})
+    sampled = param_space(InfoPromptConfig(), space)
     assert (sampled["lr"].lower, sampled["lr"].upper) == (1e-3, 5e-3)
     assert sampled["k_negatives"].categories == [16, 64]
     assert sampled["beta"].lower == SPACE["beta"].low  # untouched fields keep the default
@@ -57,38 +105,47 @@ def test_narrowed_ranges_reach_the_samplers():
 
 
 def test_default_point_is_the_papers_defaults():
-    assert default_point(Method.INFOPROMPT, SPACE) == PAPER
-    assert default_point(Method.PRED_ONLY, SPACE) == {"lr": 1e-3, "bottleneck": 64}
-    assert default_point(Method.WARP, SPACE) == {"lr": 1e-3}
+    assert default_point(InfoPromptConfig(), SPACE) == PAPER
+    assert default_point(InfoPromptConfig(method="pred_only"), SPACE) == \
+        {"lr": 1e-3, "bottleneck": 64}
+    warp = InfoPromptConfig(method="warp")
+    assert default_point(warp, SPACE) == {"lr": 1e-3}
     # A single-value range that is the default still contains it.
-    assert default_point(Method.WARP, narrowed({"lr": Range(1e-3, 1e-3)})) == {"lr": 1e-3}
+    assert default_point(warp, narrowed({"lr": Range(1e-3, 1e-3)})) == {"lr": 1e-3}
 
 
 @pytest.mark.parametrize("override", [
     {"lr": Range(2e-3, 1e-2)},  # lr 1e-3 below the range
     {"beta": Range(0.2, 1.0)},
     {"gamma": Range(1e-3, 0.01)},
-    {"k_negatives": Range(choices=(8, 16))},
-    {"bottleneck": Range(choices=(128, 256))},
+    {"k_negatives": Choice((8, 16))},
+    {"bottleneck": Choice((128, 256))},
 ])
 def test_default_point_is_none_when_narrowed_ranges_exclude_it(override):
-    assert default_point(Method.INFOPROMPT, narrowed(override)) is None
+    cfg = InfoPromptConfig()
+    assert default_point(cfg, narrowed(override)) is None
+    assert paper_point(cfg, narrowed(override)) == PAPER  # the final evaluation's "default"
 
 
-def test_default_point_ignores_fields_the_method_does_not_search():
+def test_default_point_ignores_fields_the_config_does_not_search():
     # warp searches only lr: narrowing K or r cannot exclude its default.
-    space = narrowed({"k_negatives": Range(choices=(8,)), "bottleneck": Range(choices=(16,))})
-    assert default_point(Method.WARP, space) == {"lr": 1e-3}
-    assert default_point(Method.PRED_ONLY, space) is None  # r is searched there
+    space = narrowed({"k_negatives": Choice((8,)), "bottleneck": Choice((16,))})
+    assert default_point(InfoPromptConfig(method="warp"), space) == {"lr": 1e-3}
+    assert default_point(InfoPromptConfig(method="pred_only"), space) is None  # r is searched
+    assert searched_fields(InfoPromptConfig(method="warp"), space) == ["lr"]
 
 
 @pytest.mark.parametrize("override, message", [
     ({"beta": Range(1.0, 0.1)}, "--beta-range needs 0 < LOW <= HIGH, got 1 0.1"),
     ({"lr": Range(0.0, 1e-3)}, "--lr-range needs 0 < LOW <= HIGH"),
     ({"gamma": Range(-1.0, 1.0)}, "--gamma-range needs 0 < LOW <= HIGH"),
-    ({"k_negatives": Range(choices=(1, 8))}, "--k-choices must all be >= 2, got 1 8"),
-    ({"k_negatives": Range(choices=(0,))}, "--k-choices must all be >= 2"),
-    ({"bottleneck": Range(choices=(0, 64))}, "--bottleneck-choices must all be >= 1"),
+    # Values are checked by InfoPromptConfig itself: its message, behind the flag.
+    ({"k_negatives": Choice((1, 8))},
+     "--k-negatives-choices 1 8: k_negatives (K) must be an integer >= 2, got 1"),
+    ({"k_negatives": Choice((0,))}, "--k-negatives-choices 0: k_negatives (K) must be"),
+    ({"bottleneck": Choice((0, 64))},
+     "--bottleneck-choices 0 64: bottleneck must be >= 1, got 0"),
+    ({"temperature": Range(0.0, 1.0)}, "--temperature-range needs 0 < LOW <= HIGH"),
 ])
 def test_narrowed_rejects_bad_ranges(override, message):
     with pytest.raises(InfoPromptError) as caught:
@@ -98,5 +155,5 @@ def test_narrowed_rejects_bad_ranges(override, message):
 
 
 def test_narrowed_accepts_edge_values():
-    assert narrowed({"k_negatives": Range(choices=(2,))})["k_negatives"].choices == (2,)
+    assert narrowed({"k_negatives": Choice((2,))})["k_negatives"].options == (2,)
     assert narrowed({"lr": Range(1e-3, 1e-3)})["lr"] == Range(1e-3, 1e-3)

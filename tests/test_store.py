@@ -17,8 +17,10 @@ from pyarrow import feather
 
 from infoprompt import store
 from infoprompt.config import InfoPromptConfig
-from infoprompt.store import META_KEY, load_splits, prompt_free_ids
-from infoprompt.tasks import get_task, load_raw
+from infoprompt.sources import load_raw
+from infoprompt.store import META_KEY, load_splits
+from infoprompt.tasks import get_task
+from infoprompt.template import prompt_free_ids
 
 LOSSES = ("loss", "loss_pred", "nce_rep", "nce_head")
 
@@ -280,18 +282,24 @@ def test_valid_file_copied_over_train_is_rebuilt(demo_copy):
 # --- training reads the store ----------------------------------------------------------------
 
 
-def _step_losses(training) -> list[dict[str, float]]:
-    """Run every epoch, recording each optimisation step's loss terms."""
-    recorded: list[dict[str, float]] = []
-    step = training.step
+def _step_losses(training, *, pad_to: int | None = None,
+                 two_pass: bool = False) -> list[dict[str, float]]:
+    """Train every epoch through the public batch API, recording each step's loss terms;
+    `two_pass` recomputes P', Z' for each batch instead of reading the stored ones."""
+    from infoprompt.batching import epoch_order
+    from infoprompt.encoder import recompute_prompt_free
 
-    def recording(batch):
-        out = step(batch)
-        recorded.append({name: out[name].item() for name in LOSSES})
-        return out
-
-    training.step = recording
-    list(training.epochs())
+    cfg, recorded = training.cfg, []
+    for epoch in range(cfg.epochs):
+        order = epoch_order(cfg.seed, epoch, len(training.train_data))
+        for start in range(0, len(order), cfg.batch_size):
+            batch = training.batch(training.train_data, order[start:start + cfg.batch_size],
+                                   pad_to=pad_to)
+            if two_pass:
+                with training.autocast():
+                    batch = recompute_prompt_free(training.model.encoder, batch, cfg.n_prompts)
+            out = training.step(batch)
+            recorded.append({name: out[name].item() for name in LOSSES})
     return recorded
 
 
@@ -315,7 +323,7 @@ def test_stored_features_train_like_the_two_pass_design(demo_store_16):
     # really recomputed them, and that the stored P', Z' are what the encoder gives.
     blank = dataclasses.replace(splits.without_test(), train=_zero_features(splits.train),
                                 valid=_zero_features(splits.valid))
-    recomputed = _step_losses(Training(cfg, blank, recompute_prompt_free=True))
+    recomputed = _step_losses(Training(cfg, blank), two_pass=True)
 
     assert len(cached) == len(recomputed) == 4  # 2 epochs x 2 steps of 8
     for step, (a, b) in enumerate(zip(cached, recomputed)):
@@ -325,7 +333,7 @@ def test_stored_features_train_like_the_two_pass_design(demo_store_16):
 
 
 def test_make_batch_pads_to_the_longest_row_unless_told(demo_store_16, minilm_tokenizer):
-    from infoprompt.train import SplitTensors, make_batch
+    from infoprompt.batching import SplitTensors, make_batch
 
     cfg, splits = demo_store_16
     data = SplitTensors.from_table(splits.train)
@@ -358,7 +366,7 @@ def test_make_batch_pads_to_the_longest_row_unless_told(demo_store_16, minilm_to
 
 
 def test_split_tensors_view_the_stored_features_without_copying(demo_store_16):
-    from infoprompt.train import SplitTensors
+    from infoprompt.batching import SplitTensors
 
     _, splits = demo_store_16
     for name in ("p_free", "z_free"):
@@ -382,7 +390,7 @@ def test_fixed_padding_trains_like_dynamic_padding(demo_store_16):
     cfg, splits = demo_store_16
     cfg = cfg.replace(epochs=1)
     dynamic = _step_losses(Training(cfg, splits.without_test()))
-    fixed = _step_losses(Training(cfg, splits.without_test(), pad_to=cfg.max_length))
+    fixed = _step_losses(Training(cfg, splits.without_test()), pad_to=cfg.max_length)
     for a, b in zip(dynamic, fixed, strict=True):
         for name in LOSSES:
             assert b[name] == pytest.approx(a[name], abs=1e-5), name

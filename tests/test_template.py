@@ -8,9 +8,9 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaModel
 
+from infoprompt.batching import pad
 from infoprompt.config import InfoPromptConfig
 from infoprompt.model import InfoPromptModel
-from infoprompt.store import pad
 from infoprompt.template import Template, TemplateError
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

@@ -9,9 +9,10 @@ import math
 import pytest
 import torch
 
+from infoprompt.batching import SplitTensors
 from infoprompt.config import InfoPromptConfig, Method
 from infoprompt.store import load_splits
-from infoprompt.train import Diverged, SplitTensors, Training, fit, run
+from infoprompt.train import Diverged, Training, fit, run
 
 HISTORY_KEYS = ("epoch", "valid_metric", "loss", "loss_pred", "nce_rep", "nce_head", "mi_rep",
                 "mi_head", "lr", "prompt_norm")

@@ -3,7 +3,6 @@ before any trial starts, what would only fail mid-search."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import sys
@@ -39,31 +38,32 @@ def probe(address: str, timeout: float = 10) -> None:
         raise _cannot_connect(address, f"nothing answers there ({reason})") from None
 
 
-def connect(args: argparse.Namespace) -> None:
+def connect(address: str | None) -> None:
+    """Join the Ray cluster at `address`, or start a new local Ray (None)."""
     import ray
 
-    if args.address:
-        probe(args.address)
+    if address:
+        probe(address)
     try:
-        if args.address:
-            ray.init(address=args.address, log_to_driver=True)
+        if address:
+            ray.init(address=address, log_to_driver=True)
         else:
             # "local": a new Ray even if RAY_ADDRESS or a `ray start` on this machine names
             # another cluster (joining one takes --address).
             ray.init(address="local", include_dashboard=False)
     except Exception as error:  # noqa: BLE001 - ray raises ConnectionError, RuntimeError, …
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise _cannot_connect(args.address, reason) from None
+        raise _cannot_connect(address, reason) from None
 
 
-def check_cluster(args: argparse.Namespace, storage: str) -> None:
+def check_cluster(*, address: str | None, gpus_per_trial: float, storage: str) -> None:
     """Refuse, before any trial starts, what would only fail mid-search."""
     import ray
 
     gpus = ray.cluster_resources().get("GPU", 0)
-    if args.gpus_per_trial > 0 and gpus == 0:
-        if not args.address:
-            raise InfoPromptError(f"--gpus-per-trial {args.gpus_per_trial:g}, but this machine "
+    if gpus_per_trial > 0 and gpus == 0:
+        if not address:
+            raise InfoPromptError(f"--gpus-per-trial {gpus_per_trial:g}, but this machine "
                                   "has no GPU Ray can use; drop the flag to train on CPU")
         print("warning: the cluster has no GPU node yet; trials wait for the autoscaler",
               file=sys.stderr)
@@ -75,13 +75,14 @@ def check_cluster(args: argparse.Namespace, storage: str) -> None:
             "(or set INFOPROMPT_SHARED_FS=1 if that path is a shared file system)")
 
 
-def default_concurrency(args: argparse.Namespace) -> int:
+def default_concurrency(*, num_samples: int, cpus_per_trial: float,
+                        gpus_per_trial: float) -> int:
     """As many trials as the cluster's resources hold now (Ray would otherwise run one at a
     time under a searcher); an autoscaling cluster without GPU nodes yet gets 4."""
     import ray
 
     resources = ray.cluster_resources()
-    fits = [int(resources.get("CPU", 1) // args.cpus_per_trial)]
-    if args.gpus_per_trial:
-        fits.append(int(resources.get("GPU", 0) // args.gpus_per_trial))
-    return max(1, min(args.num_samples, min(fits) or 4))
+    fits = [int(resources.get("CPU", 1) // cpus_per_trial)]
+    if gpus_per_trial:
+        fits.append(int(resources.get("GPU", 0) // gpus_per_trial))
+    return max(1, min(num_samples, min(fits) or 4))

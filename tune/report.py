@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 
 from infoprompt.errors import InfoPromptError
 
-__all__ = ["Summary", "TrialRow", "final_stats", "plot", "summarize", "write_json",
-           "write_markdown"]
+__all__ = ["Summary", "TrialRow", "final_stats", "plot", "summarize", "trial_rows",
+           "write_json", "write_markdown"]
 
 
 class TrialRow(NamedTuple):
@@ -96,7 +96,7 @@ def write_json(summary: Summary, path: Path) -> None:
         "task": summary.task, "metric": summary.metric, "method": summary.method,
         "best_config": summary.best_config, "best_valid_metric": summary.best_valid_metric,
         "final": summary.final,
-        "trials": [{k: v for k, v in t._asdict().items()} for t in summary.trials],
+        "trials": [t._asdict() for t in summary.trials],
         "stopped_early": summary.stopped_early,
     }
     path.write_text(json.dumps(body, indent=2))

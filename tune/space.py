@@ -1,89 +1,140 @@
-"""The search space, as data: one entry per InfoPromptConfig field that the search varies.
+"""The search space, as data: one entry per InfoPromptConfig field the search may vary.
 
-Defaults follow DESIGN.md; the CLI can narrow each range. A method that ignores a
-hyperparameter (β under `pred_only`, r under `warp`) does not search it.
+Adding a searchable hyperparameter is one SPACE entry. Its `--<field>-range` or
+`--<field>-choices` flag, the checks on the values a user narrows it to (InfoPromptConfig's
+own validation) and whether a configuration searches it at all (a field the configuration
+ignores, `InfoPromptConfig.unused_fields`, is left alone) all follow from that entry.
 """
 
 from __future__ import annotations
 
+import argparse
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
-from ray import tune
-
-from infoprompt.config import InfoPromptConfig, Method
+from infoprompt.config import ConfigError, InfoPromptConfig
 from infoprompt.errors import InfoPromptError
 
-__all__ = ["Range", "SPACE", "default_point", "param_space"]
+__all__ = ["SPACE", "Choice", "Range", "Space", "add_space_arguments", "default_point", "flag",
+           "narrowed", "paper_point", "param_space", "searched_fields", "space_from_args"]
 
 
 @dataclass(frozen=True)
 class Range:
-    """A log-uniform interval (low, high) or a set of choices."""
-    low: float | None = None
-    high: float | None = None
-    choices: tuple[int, ...] = ()
+    """Log-uniform in [low, high]."""
+    low: float
+    high: float
+
+    @property
+    def values(self) -> tuple[float, float]:
+        return (self.low, self.high)
 
     def sampler(self) -> Any:
-        if self.choices:
-            return tune.choice(list(self.choices))
-        return tune.loguniform(self.low, self.high)
+        import ray.tune
 
-    def contains(self, value: float) -> bool:
-        if self.choices:
-            return value in self.choices
+        return ray.tune.loguniform(self.low, self.high)
+
+    def contains(self, value: Any) -> bool:
         return self.low <= value <= self.high
 
 
-SPACE: dict[str, Range] = {
+@dataclass(frozen=True)
+class Choice:
+    """One of a few values."""
+    options: tuple[Any, ...]
+
+    @property
+    def values(self) -> tuple[Any, ...]:
+        return self.options
+
+    def sampler(self) -> Any:
+        import ray.tune
+
+        return ray.tune.choice(list(self.options))
+
+    def contains(self, value: Any) -> bool:
+        return value in self.options
+
+
+Entry = Union[Range, Choice]
+Space = Mapping[str, Entry]
+
+SPACE: dict[str, Entry] = {
     "beta": Range(1e-3, 1.0),
     "gamma": Range(1e-3, 1.0),
-    "k_negatives": Range(choices=(8, 16, 32, 64)),
+    "k_negatives": Choice((8, 16, 32, 64)),
     "lr": Range(1e-4, 1e-2),
-    "bottleneck": Range(choices=(16, 32, 64, 128, 256)),
+    "bottleneck": Choice((16, 32, 64, 128, 256)),
+    "temperature": Range(0.01, 1.0),
 }
 
 
-def searched_fields(method: Method) -> list[str]:
-    """The fields that change what `method` trains (the others would be noise to TPE)."""
-    fields = ["lr"]
-    probe = InfoPromptConfig(method=method, beta=1.0, gamma=1.0)
-    if probe.effective_beta:
-        fields.append("beta")
-    if probe.effective_gamma:
-        fields.append("gamma")
-    if probe.effective_beta or probe.effective_gamma:
-        fields.append("k_negatives")
-    if method.uses_generator or method is Method.ADAPTER:
-        fields.append("bottleneck")
-    return fields
+def flag(name: str) -> str:
+    """The command-line flag that narrows SPACE[name]."""
+    kind = "range" if isinstance(SPACE[name], Range) else "choices"
+    return f"--{name.replace('_', '-')}-{kind}"
 
 
-def narrowed(overrides: dict[str, Range]) -> dict[str, Range]:
-    """SPACE with the user's ranges applied, each checked."""
+def add_space_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("search space (each flag narrows one searched field)")
+    for name, entry in SPACE.items():
+        shown = " ".join(f"{v:g}" for v in entry.values)
+        if isinstance(entry, Range):
+            group.add_argument(flag(name), dest=f"{name}_space", type=float, nargs=2,
+                               metavar=("LOW", "HIGH"), default=argparse.SUPPRESS,
+                               help=f"{name}: log-uniform in [LOW, HIGH] (default: {shown})")
+        else:
+            group.add_argument(flag(name), dest=f"{name}_space", nargs="+", metavar="V",
+                               type=type(entry.options[0]), default=argparse.SUPPRESS,
+                               help=f"{name}: one of these (default: {shown})")
+
+
+def space_from_args(args: argparse.Namespace) -> dict[str, Entry]:
+    """SPACE narrowed by the flags the user gave."""
+    given = vars(args)
+    overrides = {}
+    for name, entry in SPACE.items():
+        values = given.get(f"{name}_space")
+        if values is not None:
+            overrides[name] = Range(*values) if isinstance(entry, Range) else Choice(tuple(values))
+    return narrowed(overrides)
+
+
+def narrowed(overrides: Mapping[str, Entry]) -> dict[str, Entry]:
+    """SPACE with the user's entries, each value checked by InfoPromptConfig itself."""
     space = dict(SPACE)
-    for name, value in overrides.items():
-        if value.choices:
-            least = 2 if name == "k_negatives" else 1
-            if any(c < least for c in value.choices):
-                flag = {"k_negatives": "--k-choices"}.get(name, f"--{name}-choices")
-                raise InfoPromptError(f"{flag} must all be >= {least}, got "
-                                      f"{' '.join(map(str, value.choices))}")
-        elif not 0 < value.low <= value.high:
-            raise InfoPromptError(f"--{name}-range needs 0 < LOW <= HIGH, got "
-                                  f"{value.low:g} {value.high:g}")
-        space[name] = value
+    for name, entry in overrides.items():
+        shown = " ".join(f"{v:g}" for v in entry.values)
+        if isinstance(entry, Range) and not 0 < entry.low <= entry.high:
+            raise InfoPromptError(f"{flag(name)} needs 0 < LOW <= HIGH, got {shown}")
+        for value in entry.values:
+            try:
+                InfoPromptConfig(**{name: value})
+            except ConfigError as error:
+                raise InfoPromptError(f"{flag(name)} {shown}: {error}") from None
+        space[name] = entry
     return space
 
 
-def param_space(method: Method, space: dict[str, Range]) -> dict[str, Any]:
-    return {name: space[name].sampler() for name in searched_fields(method)}
+def searched_fields(cfg: InfoPromptConfig, space: Space = SPACE) -> list[str]:
+    """The fields that change what `cfg` trains (the others would be noise to the sampler)."""
+    return [name for name in space if name not in cfg.unused_fields]
 
 
-def default_point(method: Method, space: dict[str, Range]) -> dict[str, Any] | None:
-    """The paper's defaults as TPE's first trial, if they lie inside the (narrowed) space."""
-    base = InfoPromptConfig()
-    point = {name: getattr(base, name) for name in searched_fields(method)}
-    if all(space[name].contains(value) for name, value in point.items()):
-        return point
-    return None
+def param_space(cfg: InfoPromptConfig, space: Space = SPACE) -> dict[str, Any]:
+    """Ray Tune's param_space: one sampler per searched field."""
+    return {name: space[name].sampler() for name in searched_fields(cfg, space)}
+
+
+def paper_point(cfg: InfoPromptConfig, space: Space = SPACE) -> dict[str, Any]:
+    """The paper's defaults for the fields `cfg` searches."""
+    paper = InfoPromptConfig()
+    return {name: getattr(paper, name) for name in searched_fields(cfg, space)}
+
+
+def default_point(cfg: InfoPromptConfig, space: Space = SPACE) -> dict[str, Any] | None:
+    """The paper's defaults as the sampler's first trial, if they lie inside the (narrowed)
+    space."""
+    point = paper_point(cfg, space)
+    return point if all(space[name].contains(v) for name, v in point.items()) else None

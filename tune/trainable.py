@@ -1,26 +1,30 @@
 """The Ray Tune trainable: a plain function around `infoprompt.train.Training`.
 
-Data arrives through the object store (`tune.with_parameters`); each epoch reports the
+Data arrives through the object store (`ray.tune.with_parameters`); each epoch reports the
 metrics and a checkpoint of the trainable state (never the frozen encoder), and a
-restarted trial (node loss, `--resume`) continues from `tune.get_checkpoint()`.
+restarted trial (node loss, `--resume`) continues from `ray.tune.get_checkpoint()`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
 import ray
+import ray.tune
 import torch
-from ray import tune
 
 from infoprompt.config import InfoPromptConfig
-from infoprompt.store import Splits, rotations
+from infoprompt.errors import InfoPromptError
+from infoprompt.store import Splits
 from infoprompt.train import Training, fit
 
-__all__ = ["final_fit", "trainable"]
+__all__ = ["final_fit", "rotations", "trainable"]
 
 STATE_FILE = "state.pt"
 PER_RUN_ONLY = {"best_valid_metric", "best_epoch"}
@@ -30,7 +34,7 @@ def trainable(params: dict[str, Any], *, base: InfoPromptConfig, splits: Splits,
               cv_folds: int = 1) -> None:
     cfg = base.replace(**params)
     # One Ray CPU is one thread: more would oversubscribe the node's cores.
-    cpus = tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
+    cpus = ray.tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
     torch.set_num_threads(max(1, int(cpus)))
 
     folds = rotations(splits, cv_folds, seed=cfg.seed) if cv_folds > 1 else [splits]
@@ -55,11 +59,32 @@ def trainable(params: dict[str, Any], *, base: InfoPromptConfig, splits: Splits,
         with tempfile.TemporaryDirectory() as folder:
             # Trials are never scored on test, so the best epoch's copy stays out.
             torch.save([run.state(with_best=False) for run in runs], Path(folder) / STATE_FILE)
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(folder))
+            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(folder))
+
+
+def rotations(splits: Splits, folds: int, *, seed: int) -> list[Splits]:
+    """Cross-validation over the train+valid pool: fold i validates on a class-stratified
+    1/folds of it and trains on the rest. The test split is never part of the pool."""
+    pool = pa.concat_tables([splits.train.replace_schema_metadata(None),
+                             splits.valid.replace_schema_metadata(None)])
+    labels = pool.column("label").to_numpy()
+    smallest = int(np.bincount(labels).min())
+    if not 2 <= folds <= smallest:
+        raise InfoPromptError(f"--cv-folds {folds}: needs 2 <= folds <= {smallest} (the "
+                              "smallest class in train+valid); use fewer folds or more shots")
+    rng = np.random.default_rng(seed)
+    fold_of = np.empty(len(labels), dtype=np.int64)
+    for label in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        fold_of[rows] = np.arange(len(rows)) % folds
+    return [dataclasses.replace(splits, train=pool.take(np.flatnonzero(fold_of != fold)),
+                                valid=pool.take(np.flatnonzero(fold_of == fold)), test=None,
+                                key=f"{splits.key}-fold{fold}of{folds}")
+            for fold in range(folds)]
 
 
 def _restored_states() -> list[dict] | None:
-    checkpoint = tune.get_checkpoint()
+    checkpoint = ray.tune.get_checkpoint()
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:

@@ -1,4 +1,5 @@
-"""`python -m infoprompt.data build ...`: fill the Arrow store ahead of training or a search."""
+"""`python -m infoprompt.store_cli build ...`: fill the Arrow store ahead of training or a
+search."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ __all__ = ["main"]
 
 @guarded
 def main(argv: list[str] | None = None) -> None:
-    parser = ArgumentParser(prog="python -m infoprompt.data",
+    parser = ArgumentParser(prog="python -m infoprompt.store_cli",
                             description="Build the few-shot Arrow store.")
     commands = parser.add_subparsers(dest="command", required=True)
     build = commands.add_parser("build", help="tokenize splits and store frozen features")

@@ -1,0 +1,93 @@
+"""The few-shot protocol: class-balanced train and valid sets drawn by seed from a task's
+deduplicated train split, disjoint from each other and from test (GLUE dev), so model
+selection never sees test data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from infoprompt.tasks import DataError, RawData, Task
+
+__all__ = ["few_shot_splits"]
+
+
+def _text_keys(table: pa.Table, task: Task) -> list[tuple[str, ...]]:
+    return list(zip(*(table.column(f).to_pylist() for f in task.text_fields)))
+
+
+def _pool(raw: RawData, task: Task) -> pa.Table:
+    """Train rows with unique texts that do not occur in test (first occurrence kept)."""
+    banned = set(_text_keys(raw.test, task))
+    keep = []
+    for i, key in enumerate(_text_keys(raw.train, task)):
+        if key not in banned:
+            banned.add(key)
+            keep.append(i)
+    return raw.train.take(pa.array(keep, pa.int64()))
+
+
+def _per_class(shots: int, num_labels: int) -> list[int]:
+    base, extra = divmod(shots, num_labels)
+    return [base + (c < extra) for c in range(num_labels)]
+
+
+def _max_shots(counts: list[int], num_labels: int) -> int:
+    """The largest `shots` for which every class can fill both train and valid."""
+    shots = sum(count // 2 for count in counts)
+    while shots > 0 and any(2 * n > count
+                            for n, count in zip(_per_class(shots, num_labels), counts)):
+        shots -= 1
+    return shots
+
+
+def _with_index(table: pa.Table, index: np.ndarray) -> pa.Table:
+    return table.take(pa.array(index, pa.int64())).append_column(
+        "index", pa.array(index, pa.int64()))
+
+
+def few_shot_splits(raw: RawData, task: Task, shots: int | None,
+                    seed: int) -> dict[str, pa.Table]:
+    """Class-balanced `shots`-example train and valid sets drawn by `seed` from the
+    deduplicated train split, and the whole GLUE dev split as test.
+
+    `shots=None` uses everything: a stratified 10% of the pool for valid, the rest for train.
+    Every table gets an int64 "index" column: the row's position in the deduplicated train
+    pool (train, valid) or in the test split (test).
+    """
+    if shots is not None and (isinstance(shots, bool) or not isinstance(shots, (int, np.integer))
+                              or shots < task.num_labels):
+        raise DataError(f"shots must be an integer >= {task.num_labels} (one example per "
+                        f"class) or None for all, got {shots!r}")
+    pool = _pool(raw, task)
+    labels = pool.column("label").to_numpy()
+    by_class = [np.flatnonzero(labels == c) for c in range(task.num_labels)]
+    counts = [len(idx) for idx in by_class]
+    if shots is None:
+        # A class with a single example cannot be in both train and valid; train gets it.
+        wanted = [max(1, round(count / 10)) if count >= 2 else 0 for count in counts]
+    else:
+        wanted = _per_class(int(shots), task.num_labels)
+        for c, (n, count) in enumerate(zip(wanted, counts)):
+            if 2 * n > count:
+                best = _max_shots(counts, task.num_labels)
+                fix = (f"use --shots {best} or fewer" if best >= task.num_labels
+                       else "this split is too small for few-shot sampling")
+                raise DataError(f"shots={shots} needs {n} {task.label_names[c]!r} examples for "
+                                f"train and {n} for valid, but the {task.display_name} train "
+                                f"split has only {count} (after removing duplicates); {fix}")
+
+    rng = np.random.default_rng(seed)
+    train_parts, valid_parts = [], []
+    for idx, n in zip(by_class, wanted):
+        perm = rng.permutation(idx)
+        valid_parts.append(perm[n:2 * n] if shots is not None else perm[:n])
+        train_parts.append(perm[:n] if shots is not None else perm[n:])
+    # Shuffle across classes so batches are not grouped by label.
+    train = rng.permutation(np.concatenate(train_parts))
+    valid = rng.permutation(np.concatenate(valid_parts))
+    return {
+        "train": _with_index(pool, train),
+        "valid": _with_index(pool, valid),
+        "test": _with_index(raw.test, np.arange(raw.test.num_rows)),
+    }

@@ -1,0 +1,157 @@
+"""SearchSettings: everything a search needs besides Ray itself, validated at construction.
+
+The command line builds it (one flag per field, generated), `--resume` rebuilds it from the
+experiment's saved copy, and Python callers build it directly: nothing downstream reads an
+argparse Namespace.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from infoprompt.cli import add_dataclass_arguments, config_from_args
+from infoprompt.config import InfoPromptConfig
+from infoprompt.errors import InfoPromptError
+from tune.space import SPACE, Choice, Entry, Range, flag, space_from_args
+
+__all__ = ["RESUME_MAY_CHANGE", "RESUME_TAKES", "SearchSettings", "add_settings_arguments",
+           "resumed", "settings_from_args"]
+
+
+def _field(default: Any, help: str, group: str) -> Any:
+    return field(default=default, metadata={"help": help, "group": group})
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    config: InfoPromptConfig = field(default_factory=InfoPromptConfig)
+    space: dict[str, Entry] = field(default_factory=lambda: dict(SPACE))
+
+    # --- the search ---
+    num_samples: int = _field(16, "trials", "search")
+    grace_period: int = _field(2, "ASHA: epochs every trial runs before it can be stopped",
+                               "search")
+    reduction_factor: float = _field(3.0, "ASHA: keep 1/this of the trials at each rung",
+                                     "search")
+    cv_folds: int = _field(1, "train each trial on N rotations of train+valid and report the "
+                              "mean valid metric: less selection noise, N× the cost", "search")
+    final_seeds: int = _field(5, "seeds on which the best and the default config are "
+                                 "re-trained and scored on test (0 skips)", "search")
+
+    # --- Ray ---
+    address: str | None = _field(None, "running Ray cluster to join ('auto' on a cluster "
+                                        "node); default: start Ray on this machine", "Ray")
+    cpus_per_trial: float = _field(1.0, "CPUs per trial (one torch thread each)", "Ray")
+    gpus_per_trial: float = _field(0.0, "GPUs per trial; fractions share a GPU, e.g. 0.25 = "
+                                        "four trials per GPU", "Ray")
+    max_concurrent: int | None = _field(None, "trials at once (default: as many as the "
+                                              "resources allow)", "Ray")
+    max_failures: int = _field(2, "restarts of a failed trial from its last checkpoint", "Ray")
+    storage_path: str = _field("~/infoprompt_results", "local folder or s3:// / gs:// URI for "
+                               "checkpoints and results; a multi-node cluster needs a shared "
+                               "one", "Ray")
+    name: str | None = _field(None, "experiment name (default: "
+                                    "<task>-<method>-<shots>shot-<time>)", "Ray")
+    resume: bool = _field(False, "continue the experiment --name (default: the latest one) "
+                                 "with the settings it was started with", "Ray")
+
+    def __post_init__(self) -> None:
+        for name, low in (("num_samples", 1), ("grace_period", 1), ("cv_folds", 1),
+                          ("final_seeds", 0), ("max_failures", 0)):
+            if getattr(self, name) < low:
+                raise InfoPromptError(f"--{name.replace('_', '-')} must be >= {low}, "
+                                      f"got {getattr(self, name)}")
+        if self.reduction_factor <= 1:
+            raise InfoPromptError(f"--reduction-factor must be > 1, got {self.reduction_factor:g}")
+        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
+            raise InfoPromptError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            raise InfoPromptError(f"--max-concurrent must be >= 1, got {self.max_concurrent}")
+        if self.grace_period > self.config.epochs:
+            raise InfoPromptError(f"--grace-period {self.grace_period} is more than --epochs "
+                                  f"{self.config.epochs}: ASHA cannot wait longer than a trial "
+                                  "runs; lower it")
+
+    def replace(self, **changes: Any) -> SearchSettings:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: what an experiment saves so that `--resume` continues it as it was."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["config"] = self.config.to_dict()
+        out["space"] = {name: list(entry.values) for name, entry in self.space.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> SearchSettings:
+        values = dict(values)
+        config = InfoPromptConfig.from_dict(values.pop("config"))
+        space = {name: Range(*entry) if isinstance(SPACE[name], Range) else Choice(tuple(entry))
+                 for name, entry in values.pop("space").items() if name in SPACE}
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(config=config, space={**SPACE, **space},
+                   **{k: v for k, v in values.items() if k in known})
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
+    for group in ("search", "Ray"):
+        fields = [f.name for f in dataclasses.fields(SearchSettings)
+                  if f.metadata.get("group") != group]
+        add_dataclass_arguments(parser, SearchSettings, title=group, skip=fields)
+
+
+def settings_from_args(args: argparse.Namespace) -> SearchSettings:
+    """The settings the flags give (absent flags keep their defaults)."""
+    given = vars(args)
+    own = {f.name: given[f.name] for f in dataclasses.fields(SearchSettings)
+           if f.name in given and "group" in f.metadata}
+    return SearchSettings(config=config_from_args(args), space=space_from_args(args), **own)
+
+
+# What a resumed search takes from the command that resumes it rather than from the
+# experiment's saved settings: where the experiment is and which Ray to use; the resources
+# per trial only when given (a cluster may have changed).
+RESUME_TAKES = ("address", "storage_path", "name", "resume")
+RESUME_MAY_CHANGE = ("cpus_per_trial", "gpus_per_trial")
+
+
+def resumed(saved: SearchSettings, now: SearchSettings, given: set[str]) -> SearchSettings:
+    """The experiment's `saved` settings, with the resuming command's RESUME_TAKES (and
+    RESUME_MAY_CHANGE when `given`). Anything else the command gives must match the saved
+    value: the experiment's trials, checkpoints and scheduler were made with it."""
+    def shown(value: Any) -> str:
+        if isinstance(value, (Range, Choice)):
+            return " ".join(f"{v:g}" for v in value.values)
+        return str(getattr(value, "value", value))
+
+    differ = []
+    for name in given:
+        if name in RESUME_TAKES + RESUME_MAY_CHANGE:
+            continue
+        if name in {f.name for f in dataclasses.fields(InfoPromptConfig)}:
+            old, new, shown_flag = (getattr(saved.config, name), getattr(now.config, name),
+                                    f"--{name.replace('_', '-')}")
+        elif name.endswith("_space"):
+            field_name = name.removesuffix("_space")
+            old, new, shown_flag = (saved.space[field_name], now.space[field_name],
+                                    flag(field_name))
+        else:
+            old, new, shown_flag = getattr(saved, name), getattr(now, name), \
+                f"--{name.replace('_', '-')}"
+        if old != new:
+            differ.append(f"{shown_flag} {shown(new)} (it has {shown(old)})")
+    if differ:
+        raise InfoPromptError(f"--resume continues {now.name} with the settings it was started "
+                              "with; drop or fix: " + ", ".join(sorted(differ)))
+    changes = {name: getattr(now, name) for name in RESUME_TAKES}
+    changes.update({name: getattr(now, name) for name in RESUME_MAY_CHANGE if name in given})
+    return saved.replace(**changes)
+
+
+def saved_json(settings: SearchSettings) -> str:
+    body = {k: v for k, v in settings.to_dict().items() if k not in RESUME_TAKES}
+    return json.dumps(body, indent=2)
