@@ -73,20 +73,14 @@ def demo_splits_16(request):
 
 # --- store / training / CLI fixtures ---------------------------------------------------------
 
-from pathlib import Path
-
-SHARED_GLUE_DIR = Path(__file__).resolve().parents[2] / "shared" / "glue"
-
-
 @pytest.fixture(scope="session")
-def glue_dir():
-    """The real GLUE files (CoLA, SST-2 in GLUE TSV layout) next to the checkout; never copied.
-    Part of the test contract: a missing folder fails, it does not skip."""
-    for task in ("CoLA", "SST-2"):
-        if not (SHARED_GLUE_DIR / task / "train.tsv").is_file():
-            pytest.fail(f"real GLUE data not found: expected {SHARED_GLUE_DIR / task}/train.tsv "
-                        "and dev.tsv (the shared GLUE folder beside the repository)")
-    return SHARED_GLUE_DIR
+def glue_dir(tmp_path_factory):
+    """Real GLUE CoLA and SST-2 in GLUE's TSV layout, never copied into the repository:
+    $INFOPROMPT_GLUE_DIR, else the Hugging Face hub, else a skip with its reason (a failure
+    under INFOPROMPT_REQUIRE_GLUE=1, as in CI). See tests/glue_data.py."""
+    from glue_data import glue_folder
+
+    return glue_folder(tmp_path_factory.mktemp("glue-from-hub"))
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """bench/step_time.py with a tiny budget, so the benchmark cannot rot unnoticed.
 
-Needs the real GLUE data in ../shared/glue (CoLA and SST-2); fails where it is absent.
+Needs real GLUE data (CoLA and SST-2): the `glue_dir` fixture finds it or says why not.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "step_time.py"
-GLUE = ROOT.parent / "shared" / "glue"
 sys.path.insert(0, str(SCRIPT.parent))
 from _common import read_section, write_section  # noqa: E402 - the bench scripts' helpers
 
@@ -60,12 +59,10 @@ def test_write_section_replaces_only_its_own(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_smoke_run_prints_every_figure(tmp_path: Path) -> None:
-    assert (GLUE / "CoLA").is_dir() and (GLUE / "SST-2").is_dir(), \
-        f"needs the shared GLUE folder with CoLA and SST-2 at {GLUE}"
+def test_smoke_run_prints_every_figure(tmp_path: Path, glue_dir: Path) -> None:
     before = own_section()
     done = subprocess.run([sys.executable, str(SCRIPT), "--smoke", "--out",
-                           str(tmp_path / "unused.md"), "--data-dir", str(GLUE)],
+                           str(tmp_path / "unused.md"), "--data-dir", str(glue_dir)],
                           capture_output=True, text=True, timeout=900, cwd=tmp_path,
                           check=False)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -22,6 +22,16 @@ def test_ci_installs_like_the_readme_and_runs_its_test_command() -> None:
     for step in install:
         assert step in ci
     assert ci[-1] == test_command
+    # CI points the tests at the real GLUE files and forbids skipping them.
+    exports = [line for line in ci if line.startswith("export ")]
+    assert exports and 'INFOPROMPT_GLUE_DIR="$(cd .. && pwd)/shared/glue"' in exports[0]
+    assert "INFOPROMPT_REQUIRE_GLUE=1" in exports[0]
+    assert ci.index(exports[0]) < len(ci) - 1
+
+
+def test_readme_needs_only_the_repository() -> None:
+    text = (ROOT / "README.md").read_text()
+    assert "../shared" not in text and "shared/glue" not in text
 
 
 def test_main_command_is_an_offline_search_on_the_embedded_model() -> None:

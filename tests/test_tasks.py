@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from infoprompt.tasks import TASKS, DataError, RawData, few_shot_splits, get_task, load_raw
-
-SHARED_GLUE = Path(__file__).resolve().parents[2] / "shared" / "glue"
+from infoprompt.few_shot import few_shot_splits
+from infoprompt.sources import load_raw
+from infoprompt.tasks import TASKS, DataError, RawData, get_task
 
 
 def _texts(table: pa.Table, task_name: str) -> set[tuple[str, ...]]:
@@ -24,17 +24,8 @@ def _label_counts(table: pa.Table) -> dict[int, int]:
 
 
 @pytest.fixture(scope="module")
-def shared_glue() -> Path:
-    # Real data is part of the test contract: fail loudly rather than skip.
-    if not (SHARED_GLUE / "CoLA" / "train.tsv").is_file():
-        pytest.fail(f"real GLUE files not found at {SHARED_GLUE}; expected "
-                    f"CoLA/ and SST-2/ with train.tsv and dev.tsv (see shared/glue/README.md)")
-    return SHARED_GLUE
-
-
-@pytest.fixture(scope="module")
-def cola(shared_glue: Path) -> RawData:
-    return load_raw(get_task("cola"), str(shared_glue))
+def cola(glue_dir: Path) -> RawData:
+    return load_raw(get_task("cola"), str(glue_dir))
 
 
 # --- registry ------------------------------------------------------------------------------
@@ -54,7 +45,7 @@ def test_task_registry() -> None:
 # --- real GLUE TSV -------------------------------------------------------------------------
 
 
-def test_real_cola(cola: RawData, shared_glue: Path) -> None:
+def test_real_cola(cola: RawData, glue_dir: Path) -> None:
     assert cola.train.column_names == ["sentence", "label"]
     assert cola.train.schema.field("label").type == pa.int64()
     assert cola.train.num_rows == 8551 and _label_counts(cola.train) == {1: 6023, 0: 2528}
@@ -64,15 +55,15 @@ def test_real_cola(cola: RawData, shared_glue: Path) -> None:
                                                     "label": 1}]
     # dev.tsv has no trailing newline: its last row must still be read whole.
     assert cola.test.column("sentence")[-1].as_py().endswith("himself.")
-    assert str((shared_glue / "CoLA").resolve()) in cola.source and "tsv" in cola.source
+    assert str((glue_dir / "CoLA").resolve()) in cola.source and "tsv" in cola.source
     assert len(cola.fingerprint) == 64
     # The task folder itself is accepted as data_dir.
-    again = load_raw(get_task("cola"), str(shared_glue / "CoLA"))
+    again = load_raw(get_task("cola"), str(glue_dir / "CoLA"))
     assert again.fingerprint == cola.fingerprint and again.train.equals(cola.train)
 
 
-def test_real_sst2(shared_glue: Path) -> None:
-    raw = load_raw(get_task("sst2"), str(shared_glue))
+def test_real_sst2(glue_dir: Path) -> None:
+    raw = load_raw(get_task("sst2"), str(glue_dir))
     assert raw.train.num_rows == 67349 and _label_counts(raw.train) == {1: 37569, 0: 29780}
     assert raw.test.num_rows == 872 and _label_counts(raw.test) == {1: 444, 0: 428}
     texts = raw.train.column("sentence").to_pylist()
@@ -189,16 +180,42 @@ def test_missing_data(tmp_path: Path) -> None:
 def test_hub_failure_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     import datasets
 
+    import infoprompt.sources
+
     def offline(*args: object, **kwargs: object) -> None:
         raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub\n(LocalEntryNotFound)")
 
+    monkeypatch.setattr(infoprompt.sources, "hub_unreachable", lambda: None)
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DataError) as err:
         load_raw(get_task("sst2"), None)
     message = str(err.value)
     assert message.startswith("could not load GLUE sst2 from the Hugging Face hub (")
-    assert "ConnectionError" in message and message.endswith("local GLUE directory")
+    assert "ConnectionError" in message and "pass --data-dir with a local GLUE folder" in message
     assert "\n" not in message
+
+
+def test_unreachable_hub_is_refused_at_once_and_offline_mode_reads_the_cache(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import datasets
+
+    import infoprompt.sources
+
+    asked = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: asked.append(a) or 1 / 0)
+    monkeypatch.setattr(infoprompt.sources, "hub_unreachable",
+                        lambda: "huggingface.co:443 does not answer: Name or service not known")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with pytest.raises(DataError) as err:
+        load_raw(get_task("cola"), None)
+    assert str(err.value).startswith("cannot download GLUE cola: the Hugging Face hub is "
+                                     "unreachable (huggingface.co:443 does not answer")
+    assert "HF_HUB_OFFLINE=1" in str(err.value) and not asked  # no minute of retries
+    # Offline mode: the datasets cache may hold it, so datasets is asked (and says no).
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(DataError, match="could not load GLUE cola from the Hugging Face hub"):
+        load_raw(get_task("cola"), None)
+    assert asked == [("nyu-mll/glue", "cola")]
 
 
 # --- few-shot protocol ---------------------------------------------------------------------
@@ -304,6 +321,9 @@ def test_demo_task() -> None:
 def test_hub_source_converts_splits(monkeypatch: pytest.MonkeyPatch) -> None:
     import datasets
 
+    import infoprompt.sources
+
+    monkeypatch.setattr(infoprompt.sources, "hub_unreachable", lambda: None)
     def fake(path: str, name: str) -> datasets.DatasetDict:
         assert (path, name) == ("nyu-mll/glue", "mrpc")
         split = {"sentence1": ["a ", "b"], "sentence2": ["c", "d"], "label": [1, 0],
