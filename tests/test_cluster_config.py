@@ -14,8 +14,11 @@ from __future__ import annotations
 import ast
 import copy
 import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema  # what Ray's validate_config uses
@@ -931,3 +934,251 @@ def test_iam_checks_catch_bad_setup(name):
     assert problems, f"{name}: mutated IAM setup passed every check"
     assert any(expected in p for p in problems), problems
 
+
+# --- aws_prereqs.sh run against a fake `aws` (no network, no AWS account)
+
+# Answers the calls aws_prereqs.sh makes, from a JSON state file, like the AWS CLI v2
+# with `--output text`; logs every call; fails (exit 2) on any call it does not know,
+# e.g. attach-role-policy.
+FAKE_AWS = r'''
+import json, os, sys
+
+path = os.environ["FAKE_AWS_STATE"]
+state = {"sg": None, "cidrs": [], "roles": {}, "profiles": {}}
+if os.path.exists(path):
+    with open(path) as f:
+        state = json.load(f)
+args = sys.argv[1:]
+with open(os.environ["FAKE_AWS_LOG"], "a") as log:
+    log.write(json.dumps(args) + "\n")
+call, opts, key = tuple(args[:2]), {}, None
+for a in args[2:]:
+    if a.startswith("--"):
+        key = a
+        opts[key] = []
+    else:
+        opts[key].append(a)
+
+def arg(k):
+    return opts[k][0]
+
+def fail(code):
+    print(f"An error occurred ({code}) when calling {args[1]}", file=sys.stderr)
+    sys.exit(254)
+
+out = ""
+if call == ("sts", "get-caller-identity"):
+    out = "123456789012"
+elif call == ("ec2", "describe-vpcs"):
+    out = "vpc-0fake"
+elif call == ("ec2", "describe-security-groups"):
+    out = "\t".join(state["cidrs"]) if "--group-ids" in opts else (state["sg"] or "None")
+elif call == ("ec2", "create-security-group"):
+    state["sg"] = out = "sg-0fake"
+elif call == ("ec2", "authorize-security-group-ingress"):
+    perm = arg("--ip-permissions")
+    if "CidrIp=" in perm:
+        cidr = perm.split("CidrIp=")[1].split(",")[0]
+        if cidr in state["cidrs"]:
+            fail("InvalidPermission.Duplicate")
+        state["cidrs"].append(cidr)
+elif call == ("s3api", "head-bucket"):
+    pass
+elif call == ("iam", "get-role"):
+    if arg("--role-name") not in state["roles"]:
+        fail("NoSuchEntity")
+elif call == ("iam", "create-role"):
+    state["roles"][arg("--role-name")] = {
+        "trust": json.loads(arg("--assume-role-policy-document")), "inline": {}, "attached": []}
+elif call == ("iam", "list-attached-role-policies"):
+    out = "\t".join(state["roles"][arg("--role-name")]["attached"])
+elif call == ("iam", "list-role-policies"):
+    out = "\t".join(state["roles"][arg("--role-name")]["inline"])
+elif call == ("iam", "put-role-policy"):
+    state["roles"][arg("--role-name")]["inline"][arg("--policy-name")] = json.loads(
+        arg("--policy-document"))
+elif call == ("iam", "get-instance-profile"):
+    if arg("--instance-profile-name") not in state["profiles"]:
+        fail("NoSuchEntity")
+    out = "\t".join(state["profiles"][arg("--instance-profile-name")])
+elif call == ("iam", "create-instance-profile"):
+    state["profiles"][arg("--instance-profile-name")] = []
+elif call == ("iam", "add-role-to-instance-profile"):
+    state["profiles"][arg("--instance-profile-name")].append(arg("--role-name"))
+else:
+    print(f"fake aws: unexpected call {args}", file=sys.stderr)
+    sys.exit(2)
+with open(path, "w") as f:
+    json.dump(state, f)
+if out:
+    print(out)
+'''
+
+
+class FakeAws:
+    def __init__(self, tmp_path: Path):
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        aws = bin_dir / "aws"
+        aws.write_text(f"#!{sys.executable}\n{FAKE_AWS}")
+        aws.chmod(0o755)
+        self.state_path = tmp_path / "aws-state.json"
+        self.log_path = tmp_path / "aws-calls.jsonl"
+        self.env = {
+            **os.environ,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "FAKE_AWS_STATE": str(self.state_path),
+            "FAKE_AWS_LOG": str(self.log_path),
+        }
+
+    def run(self, *args: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+        """Run aws_prereqs.sh ARGS; return the process and the `aws` calls it made."""
+        self.log_path.unlink(missing_ok=True)
+        proc = subprocess.run(
+            ["bash", str(PREREQS), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        calls = []
+        if self.log_path.exists():
+            calls = [json.loads(line) for line in self.log_path.read_text().splitlines()]
+        return proc, calls
+
+    @property
+    def state(self) -> dict:
+        return json.loads(self.state_path.read_text())
+
+    @state.setter
+    def state(self, value: dict) -> None:
+        self.state_path.write_text(json.dumps(value))
+
+
+def _statements_of(docs: dict) -> list[dict]:
+    return [st for doc in docs.values() for st in _as_list(doc["Statement"])]
+
+
+def test_prereqs_script_with_fake_aws(tmp_path):
+    fake = FakeAws(tmp_path)
+    script = PREREQS.read_text()
+    head_profile = script_setting(script, "HEAD_PROFILE")
+    worker_profile = script_setting(script, "WORKER_PROFILE")
+
+    proc, calls = fake.run("198.51.100.7/32", "my-results.bucket", "eu-west-1")
+    assert proc.returncode == 0, proc.stderr
+    state = fake.state
+    assert state["cidrs"] == ["198.51.100.7/32"]
+
+    # One role per instance profile, a different one for head and workers.
+    (worker_role,) = state["profiles"][worker_profile]
+    (head_role,) = state["profiles"][head_profile]
+    assert worker_role != head_role
+    assert set(state["roles"]) == {worker_role, head_role}
+    for role in state["roles"].values():
+        assert role["trust"] == json.loads((IAM_DIR / "trust-policy.json").read_text())
+        assert role["attached"] == []
+    assert not [c for c in calls if c[1] == "attach-role-policy"]
+    rendered = json.dumps(state["roles"])
+    assert "__" not in rendered and "FullAccess" not in rendered
+
+    # Workers: the bucket, nothing else.
+    worker = _statements_of(state["roles"][worker_role]["inline"])
+    assert {a.split(":")[0] for st in worker for a in _as_list(st["Action"])} == {"s3"}
+    assert {r for st in worker for r in _as_list(st["Resource"])} == {
+        "arn:aws:s3:::my-results.bucket",
+        "arn:aws:s3:::my-results.bucket/*",
+    }
+    # Head: the same bucket policy, plus the autoscaler's, which passes the worker role only.
+    head_docs = state["roles"][head_role]["inline"]
+    assert set(head_docs) == {"infoprompt-search-bucket", "infoprompt-search-autoscaler"}
+    assert head_docs["infoprompt-search-bucket"] == state["roles"][worker_role]["inline"][
+        "infoprompt-search-bucket"
+    ]
+    head = _statements_of(head_docs)
+    passes = [st for st in head if "iam:PassRole" in _as_list(st["Action"])]
+    assert [st["Resource"] for st in passes] == [f"arn:aws:iam::123456789012:role/{worker_role}"]
+    assert {a for st in head for a in _as_list(st["Action"]) if a.startswith("iam:")} == {
+        "iam:PassRole"
+    }
+    assert "arn:aws:ec2:eu-west-1:123456789012:instance/*" in rendered
+
+    # Idempotent: a second run creates nothing and leaves the same state.
+    proc, calls = fake.run("198.51.100.7/32", "my-results.bucket", "eu-west-1")
+    assert proc.returncode == 0, proc.stderr
+    assert not [c for c in calls if c[1].startswith(("create-", "add-"))], calls
+    assert fake.state == state
+    assert "already exists" in proc.stdout
+
+    # Another bucket: the policies are rewritten for it, the old bucket is gone.
+    proc, _ = fake.run("198.51.100.7/32", "other-bucket", "eu-west-1")
+    assert proc.returncode == 0, proc.stderr
+    rendered = json.dumps(fake.state["roles"])
+    assert "arn:aws:s3:::other-bucket/*" in rendered and "my-results.bucket" not in rendered
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (
+            {"attached": ["arn:aws:iam::aws:policy/AmazonS3FullAccess"]},
+            "managed policies attached",
+        ),
+        ({"inline": {"leftover": {}}}, "unexpected inline policy leftover"),
+    ],
+    ids=["managed-policy", "extra-inline-policy"],
+)
+def test_prereqs_script_refuses_extra_rights_on_its_roles(tmp_path, extra, expected):
+    fake = FakeAws(tmp_path)
+    proc, _ = fake.run("198.51.100.7/32", "my-results-bucket")
+    assert proc.returncode == 0, proc.stderr
+    state = fake.state
+    worker_role = state["profiles"][script_setting(PREREQS.read_text(), "WORKER_PROFILE")][0]
+    for key, value in extra.items():
+        if isinstance(value, list):
+            state["roles"][worker_role][key] += value
+        else:
+            state["roles"][worker_role][key].update(value)
+    fake.state = state
+    proc, _ = fake.run("198.51.100.7/32", "my-results-bucket")
+    assert proc.returncode == 1
+    assert expected in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "bucket",
+    [
+        "s3://my-bucket",
+        "My-Bucket",
+        "my_bucket",
+        "ab",
+        "a" * 64,
+        "-my-bucket",
+        "my-bucket.",
+        "my..bucket",
+        "192.168.1.10",
+        "us-west-2",  # the old argument order: CIDR REGION
+    ],
+)
+def test_prereqs_script_rejects_bad_bucket_name(tmp_path, bucket):
+    proc, calls = FakeAws(tmp_path).run("198.51.100.7/32", bucket)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is not an S3 bucket name" in lines[0], proc.stderr
+    assert calls == []  # refused before any AWS call
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["198.51.100.7/32"], "usage:"),
+        (["198.51.100.7/32", "my-bucket", "west"], "is not an AWS region"),
+        (["0.0.0.0/0", "my-bucket"], "refusing /0"),
+    ],
+    ids=["no-bucket", "bad-region", "world-cidr"],
+)
+def test_prereqs_script_rejects_bad_arguments(tmp_path, args, expected):
+    proc, calls = FakeAws(tmp_path).run(*args)
+    assert proc.returncode == 1
+    assert expected in proc.stderr
+    assert calls == []
