@@ -13,8 +13,12 @@ from __future__ import annotations
 
 import ast
 import copy
+import json
+import os
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema  # what Ray's validate_config uses
@@ -325,11 +329,12 @@ def test_prereqs_script_matches_config():
     placeholder = re.search(r'PLACEHOLDER="([^"]+)"', script).group(1)
     for nt in cfg["available_node_types"].values():
         assert nt["node_config"]["SecurityGroupIds"] == [placeholder]
-    profile = re.search(r'PROFILE="([^"]+)"', script).group(1)
+    head_profile = script_setting(script, "HEAD_PROFILE")
+    worker_profile = script_setting(script, "WORKER_PROFILE")
     for name, nt in cfg["available_node_types"].items():
-        if "IamInstanceProfile" in nt["node_config"]:
-            assert nt["node_config"]["IamInstanceProfile"] == {"Name": profile}, name
-    region = re.search(r'REGION="\$\{2:-([^}]+)\}"', script).group(1)
+        want = head_profile if name == cfg["head_node_type"] else worker_profile
+        assert nt["node_config"]["IamInstanceProfile"] == {"Name": want}, name
+    region = re.search(r'REGION="\$\{3:-([^}]+)\}"', script).group(1)
     assert cfg["provider"]["region"] == region
 
 
@@ -486,3 +491,694 @@ def test_ray_validate_config_rejects_bad_schema():
     cfg["available_node_types"]["gpu.1x.g5.xlarge"]["bogus_key"] = 1
     with pytest.raises(jsonschema.ValidationError, match="bogus_key"):
         ray_prepare_and_validate(cfg)
+
+
+# ----------------------------------------------------------------------------- IAM
+#
+# cluster/aws_prereqs.sh creates one role + instance profile for the head and one for
+# the workers, and puts inline policies on them rendered from cluster/iam/NAME-policy.json
+# (HEAD_POLICIES / WORKER_POLICIES in the script name the files). `check_iam` reads the
+# script's settings, the policy files and gpu.yaml statically; the fake-AWS tests run the
+# script against a stand-in `aws` and check what it would send to AWS.
+
+IAM_DIR = CLUSTER_DIR / "iam"
+PREREQS = CLUSTER_DIR / "aws_prereqs.sh"
+
+# Placeholders as they appear in cluster/iam/*.json (the script fills them in).
+BUCKET_ARN = "arn:aws:s3:::__BUCKET__"
+OBJECTS_ARN = BUCKET_ARN + "/*"
+WORKER_ROLE_ARN = "arn:aws:iam::__ACCOUNT__:role/__WORKER_ROLE__"
+# All a node may do in S3: list the results bucket (s3:ListBucket also answers the
+# HeadBucket call pyarrow makes to find the bucket's region) and read, write and delete
+# the objects in it, multipart uploads included.
+S3_BUCKET_ACTIONS = {"s3:ListBucket", "s3:GetBucketLocation"}
+S3_OBJECT_ACTIONS = {
+    "s3:GetObject",
+    "s3:PutObject",
+    "s3:DeleteObject",
+    "s3:AbortMultipartUpload",
+    "s3:ListMultipartUploadParts",
+}
+S3_REQUIRED = {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
+# The EC2 calls Ray's AWS node provider makes on the head (ray/autoscaler/_private/aws/
+# node_provider.py): list the cluster's nodes, launch, tag and terminate them; describe
+# instance types (resource fill-out) and images (the CloudWatch AMI check).
+HEAD_EC2_ACTIONS = {
+    "ec2:DescribeInstances",
+    "ec2:DescribeInstanceTypes",
+    "ec2:DescribeImages",
+    "ec2:RunInstances",
+    "ec2:CreateTags",
+    "ec2:TerminateInstances",
+}
+HEAD_EC2_REQUIRED = {
+    "ec2:DescribeInstances",
+    "ec2:RunInstances",
+    "ec2:CreateTags",
+    "ec2:TerminateInstances",
+}
+# Needed only with provider.cache_stopped_nodes (Ray's AWS default is True): stop idle
+# nodes instead of terminating them, start them again later.
+EC2_CACHE_ACTIONS = {"ec2:StartInstances", "ec2:StopInstances"}
+# Actions on existing instances: only on this cluster's nodes (Ray tags each node it
+# launches with ray-cluster-name = cluster_name).
+EC2_CLUSTER_SCOPED = {
+    "ec2:CreateTags",
+    "ec2:TerminateInstances",
+    "ec2:StartInstances",
+    "ec2:StopInstances",
+}
+CLUSTER_TAG = "ec2:ResourceTag/ray-cluster-name"
+
+
+def _as_list(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def script_setting(script: str, name: str) -> str | None:
+    """VALUE of a top-level `NAME="VALUE"` line in a bash script."""
+    m = re.search(rf'^{name}="([^"]*)"', script, re.MULTILINE)
+    return m.group(1) if m else None
+
+
+def script_array(script: str, name: str) -> list[str] | None:
+    """Words of a top-level `NAME=(a b c)` line in a bash script."""
+    m = re.search(rf"^{name}=\(([^)]*)\)", script, re.MULTILINE)
+    return m.group(1).split() if m else None
+
+
+def iam_policies() -> dict[str, dict]:
+    """cluster/iam/NAME-policy.json as {NAME: document}."""
+    return {
+        p.name.removesuffix("-policy.json"): json.loads(p.read_text())
+        for p in sorted(IAM_DIR.glob("*-policy.json"))
+    }
+
+
+def _scoped_to_cluster(statement: dict, action: str, cluster_name: str | None) -> bool:
+    equals = (statement.get("Condition") or {}).get("StringEquals") or {}
+    if action == "ec2:CreateTags" and _as_list(equals.get("ec2:CreateAction")) == [
+        "RunInstances"
+    ]:
+        return True  # tags set while launching, nothing else
+    return bool(cluster_name) and _as_list(equals.get(CLUSTER_TAG)) == [cluster_name]
+
+
+def _check_role_policies(role: str, docs: dict[str, dict], cfg: dict) -> list[str]:
+    """Problems in the inline policies of the `head` or `worker` role."""
+    problems = []
+    cache_stopped = bool((cfg.get("provider") or {}).get("cache_stopped_nodes", True))
+    allowed_ec2 = set()
+    required = set(S3_REQUIRED)
+    if role == "head":
+        allowed_ec2 = HEAD_EC2_ACTIONS | (EC2_CACHE_ACTIONS if cache_stopped else set())
+        required |= HEAD_EC2_REQUIRED | {"iam:PassRole"}
+        required |= EC2_CACHE_ACTIONS if cache_stopped else set()
+    granted = set()
+    for name, doc in docs.items():
+        where = f"{role} role, iam/{name}-policy.json"
+        for st in _as_list(doc.get("Statement", [])):
+            if st.get("Effect") != "Allow":
+                continue
+            if "NotAction" in st or "NotResource" in st:
+                problems.append(f"{where}: NotAction/NotResource allows all that is not listed")
+                continue
+            actions = _as_list(st.get("Action", []))
+            resources = _as_list(st.get("Resource", []))
+            granted.update(actions)
+            for action in actions:
+                service = action.split(":")[0]
+                if "*" in action:
+                    problems.append(f"{where}: wildcard action {action}")
+                elif service == "s3":
+                    ok = (
+                        S3_BUCKET_ACTIONS
+                        if resources == [BUCKET_ARN]
+                        else S3_OBJECT_ACTIONS
+                        if resources == [OBJECTS_ARN]
+                        else set()
+                    )
+                    if action not in ok:
+                        problems.append(
+                            f"{where}: {action} on {resources}; only the results bucket "
+                            f"({sorted(S3_BUCKET_ACTIONS)} on {BUCKET_ARN}, "
+                            f"{sorted(S3_OBJECT_ACTIONS)} on {OBJECTS_ARN})"
+                        )
+                elif service == "ec2" and role == "worker":
+                    problems.append(f"{where}: {action} (workers run trial code: no EC2 rights)")
+                elif service == "ec2":
+                    if action not in allowed_ec2:
+                        problems.append(f"{where}: {action} is not a call of Ray's autoscaler")
+                    elif action in EC2_CLUSTER_SCOPED and not _scoped_to_cluster(
+                        st, action, cfg.get("cluster_name")
+                    ):
+                        problems.append(
+                            f"{where}: {action} not limited to instances tagged "
+                            f"ray-cluster-name={cfg.get('cluster_name')} (gpu.yaml cluster_name)"
+                        )
+                elif action == "iam:PassRole" and role == "head":
+                    if resources != [WORKER_ROLE_ARN]:
+                        problems.append(
+                            f"{where}: iam:PassRole on {resources}, not only the worker role "
+                            f"{WORKER_ROLE_ARN}"
+                        )
+                else:
+                    problems.append(f"{where}: {action} (not needed by the {role})")
+    for action in sorted(required - granted):
+        why = " (provider.cache_stopped_nodes is on)" if action in EC2_CACHE_ACTIONS else ""
+        problems.append(f"{role} role lacks {action}{why}")
+    return problems
+
+
+def check_iam(script: str, policies: dict[str, dict], cfg_text: str) -> list[str]:
+    """All IAM problems in aws_prereqs.sh + cluster/iam/*.json + gpu.yaml. Empty = good."""
+    problems: list[str] = []
+    cfg = yaml.safe_load(cfg_text)
+
+    # No managed policies: neither Ray's default *FullAccess ones nor any other.
+    texts = {"aws_prereqs.sh": script, "gpu.yaml": cfg_text}
+    texts.update({f"iam/{n}-policy.json": json.dumps(d) for n, d in policies.items()})
+    for where, text in texts.items():
+        if "FullAccess" in text:
+            problems.append(f"{where}: names a *FullAccess managed policy")
+    if re.search(r"\battach-role-policy\b", script) or "arn:aws:iam::aws:policy/" in script:
+        problems.append("aws_prereqs.sh attaches a managed policy (only cluster/iam/ inline ones)")
+
+    head_profile = script_setting(script, "HEAD_PROFILE")
+    worker_profile = script_setting(script, "WORKER_PROFILE")
+    head_names = script_array(script, "HEAD_POLICIES")
+    worker_names = script_array(script, "WORKER_POLICIES")
+    if not (head_profile and worker_profile) or head_names is None or worker_names is None:
+        problems.append(
+            "aws_prereqs.sh lacks HEAD_PROFILE, WORKER_PROFILE, HEAD_POLICIES or WORKER_POLICIES"
+        )
+        return problems
+    if head_profile == worker_profile:
+        problems.append(f"head and workers share the instance profile {head_profile}")
+
+    # gpu.yaml: the head node type has the head's profile, every other type the workers'.
+    head_type = cfg.get("head_node_type")
+    for name, nt in (cfg.get("available_node_types") or {}).items():
+        want = {"Name": head_profile if name == head_type else worker_profile}
+        got = (nt.get("node_config") or {}).get("IamInstanceProfile")
+        if got != want:
+            hint = ""
+            if name == head_type and got is None:
+                hint = " (without one, `ray up` makes ray-autoscaler-v1: full EC2 and S3 access)"
+            problems.append(f"node type {name}: IamInstanceProfile {got}, expected {want}{hint}")
+
+    # The policies each role gets.
+    for name in sorted(set(head_names + worker_names) - set(policies)):
+        problems.append(
+            f"aws_prereqs.sh puts policy {name}, but cluster/iam/{name}-policy.json is missing"
+        )
+    for role, names in (("worker", worker_names), ("head", head_names)):
+        docs = {n: policies[n] for n in names if n in policies}
+        problems += _check_role_policies(role, docs, cfg)
+
+    # Every placeholder in the policy files is one the script fills in.
+    filled = set(re.findall(r"s/(__[A-Z_]+__)/", script))
+    for name, doc in policies.items():
+        for placeholder in sorted(set(re.findall(r"__[A-Z_]+__", json.dumps(doc))) - filled):
+            problems.append(
+                f"iam/{name}-policy.json: placeholder {placeholder} is never filled in"
+            )
+    return problems
+
+
+def _iam_setup() -> dict:
+    return {"script": PREREQS.read_text(), "policies": iam_policies(), "cfg_text": _gpu_yaml()}
+
+
+def test_iam_passes_checks():
+    assert check_iam(**_iam_setup()) == []
+
+
+def test_iam_roles_and_policy_files():
+    setup = _iam_setup()
+    assert set(setup["policies"]) == {"trust", "bucket", "autoscaler"}
+    assert script_array(setup["script"], "WORKER_POLICIES") == ["bucket"]
+    assert script_array(setup["script"], "HEAD_POLICIES") == ["bucket", "autoscaler"]
+    trust = setup["policies"]["trust"]["Statement"]
+    assert [(s["Principal"], s["Action"]) for s in trust] == [
+        ({"Service": "ec2.amazonaws.com"}, "sts:AssumeRole")
+    ]
+
+
+def test_ray_creates_full_access_profile_unless_head_names_one():
+    """Why the head's node_config names a profile: otherwise `ray up` gives the head
+    ray-autoscaler-v1 with Ray's default AmazonEC2FullAccess + AmazonS3FullAccess.
+    Read from the installed Ray's source (importing it needs boto3)."""
+    src = (Path(ray.__file__).parent / "autoscaler/_private/aws/config.py").read_text()
+    fn = next(
+        n
+        for n in ast.parse(src).body
+        if isinstance(n, ast.FunctionDef) and n.name == "_configure_iam_role"
+    )
+    body = ast.get_source_segment(src, fn)
+    first = ast.get_source_segment(src, next(n for n in fn.body if isinstance(n, ast.If)))
+    assert '"IamInstanceProfile" in head_node_config' in first and "return config" in first
+    assert "AmazonEC2FullAccess" in body and "AmazonS3FullAccess" in body
+
+
+# --- mutated copies prove each IAM check fires
+
+
+def _edit_cfg(fn):
+    def apply(setup):
+        cfg = yaml.safe_load(setup["cfg_text"])
+        fn(cfg)
+        setup["cfg_text"] = yaml.safe_dump(cfg, sort_keys=False)
+
+    return apply
+
+
+def _edit_statement(policy, sid, fn):
+    def apply(setup):
+        statement = next(s for s in setup["policies"][policy]["Statement"] if s.get("Sid") == sid)
+        fn(statement)
+
+    return apply
+
+
+def _add_statement(policy, statement):
+    def apply(setup):
+        setup["policies"][policy]["Statement"].append(statement)
+
+    return apply
+
+
+def _edit_script(old, new):
+    def apply(setup):
+        assert old in setup["script"]
+        setup["script"] = setup["script"].replace(old, new)
+
+    return apply
+
+
+def _append_script(line):
+    def apply(setup):
+        setup["script"] += "\n" + line + "\n"
+
+    return apply
+
+
+def _profile(cfg, node_type, name):
+    cfg["available_node_types"][node_type]["node_config"]["IamInstanceProfile"] = {"Name": name}
+
+
+WORKER_OBJECTS = "ReadWriteObjectsInTheResultsBucket"
+PASS_ROLE = "StartWorkersWithTheWorkerRoleOnly"
+TERMINATE = "RetagAndTerminateThisClustersNodesOnly"
+
+IAM_MUTATIONS = {
+    "worker-gets-head-profile": (
+        _edit_cfg(lambda c: _profile(c, "gpu.1x.g5.xlarge", "infoprompt-search-ray-head")),
+        "gpu.1x.g5.xlarge: IamInstanceProfile",
+    ),
+    "worker-profile-typo": (
+        _edit_cfg(lambda c: _profile(c, "gpu.4x.g5.12xlarge", "infoprompt-search-worker")),
+        "gpu.4x.g5.12xlarge: IamInstanceProfile",
+    ),
+    "head-without-profile": (
+        _edit_cfg(
+            lambda c: c["available_node_types"]["ray.head.default"]["node_config"].pop(
+                "IamInstanceProfile"
+            )
+        ),
+        "ray-autoscaler-v1",
+    ),
+    "one-profile-for-both": (
+        _edit_script(
+            'WORKER_PROFILE="infoprompt-search-ray-worker"',
+            'WORKER_PROFILE="infoprompt-search-ray-head"',
+        ),
+        "share the instance profile",
+    ),
+    "full-access-put-back": (
+        _append_script(
+            'aws iam attach-role-policy --role-name "$HEAD_ROLE" '
+            "--policy-arn arn:aws:iam::aws:policy/AmazonEC2FullAccess"
+        ),
+        "FullAccess",
+    ),
+    "managed-policy-attached": (
+        _append_script(
+            'aws iam attach-role-policy --role-name "$WORKER_ROLE" '
+            "--policy-arn arn:aws:iam::aws:policy/AmazonS3ReadOnlyAccess"
+        ),
+        "attaches a managed policy",
+    ),
+    "ec2-action-for-workers": (
+        _add_statement(
+            "bucket", {"Effect": "Allow", "Action": "ec2:DescribeInstances", "Resource": "*"}
+        ),
+        "workers run trial code: no EC2 rights",
+    ),
+    "autoscaler-policy-on-workers": (
+        _edit_script("WORKER_POLICIES=(bucket)", "WORKER_POLICIES=(bucket autoscaler)"),
+        "workers run trial code: no EC2 rights",
+    ),
+    "pass-role-for-workers": (
+        _add_statement(
+            "bucket", {"Effect": "Allow", "Action": "iam:PassRole", "Resource": WORKER_ROLE_ARN}
+        ),
+        "iam:PassRole (not needed by the worker)",
+    ),
+    "s3-wildcard": (
+        _edit_statement("bucket", WORKER_OBJECTS, lambda s: s.update(Action="s3:*")),
+        "wildcard action s3:*",
+    ),
+    "any-bucket": (
+        _edit_statement("bucket", WORKER_OBJECTS, lambda s: s.update(Resource="arn:aws:s3:::*")),
+        "only the results bucket",
+    ),
+    "not-action": (
+        _edit_statement(
+            "bucket",
+            WORKER_OBJECTS,
+            lambda s: s.update(NotAction=s.pop("Action"), Resource="*"),
+        ),
+        "NotAction",
+    ),
+    "pass-any-role": (
+        _edit_statement("autoscaler", PASS_ROLE, lambda s: s.update(Resource="*")),
+        "not only the worker role",
+    ),
+    "pass-head-role": (
+        _edit_statement(
+            "autoscaler",
+            PASS_ROLE,
+            lambda s: s.update(
+                Resource="arn:aws:iam::__ACCOUNT__:role/infoprompt-search-ray-head"
+            ),
+        ),
+        "not only the worker role",
+    ),
+    "ec2-wildcard-for-head": (
+        _edit_statement("autoscaler", "FindNodes", lambda s: s.update(Action="ec2:Describe*")),
+        "wildcard action ec2:Describe*",
+    ),
+    "ec2-action-autoscaler-does-not-use": (
+        _add_statement(
+            "autoscaler",
+            {"Effect": "Allow", "Action": "ec2:ModifyInstanceAttribute", "Resource": "*"},
+        ),
+        "ec2:ModifyInstanceAttribute is not a call of Ray's autoscaler",
+    ),
+    "terminate-any-instance": (
+        _edit_statement("autoscaler", TERMINATE, lambda s: s.pop("Condition")),
+        "not limited to instances tagged",
+    ),
+    "cluster-renamed": (
+        _edit_cfg(lambda c: c.update(cluster_name="renamed")),
+        "not limited to instances tagged ray-cluster-name=renamed",
+    ),
+    "cache-stopped-nodes": (
+        _edit_cfg(lambda c: c["provider"].update(cache_stopped_nodes=True)),
+        "head role lacks ec2:StartInstances",
+    ),
+    "head-cannot-launch": (
+        _edit_statement("autoscaler", "LaunchWorkers", lambda s: s.update(Action=[])),
+        "head role lacks ec2:RunInstances",
+    ),
+    "workers-cannot-write": (
+        _edit_statement(
+            "bucket", WORKER_OBJECTS, lambda s: s["Action"].remove("s3:PutObject")
+        ),
+        "worker role lacks s3:PutObject",
+    ),
+    "policy-file-missing": (
+        _edit_script(
+            "HEAD_POLICIES=(bucket autoscaler)", "HEAD_POLICIES=(bucket autoscaler logs)"
+        ),
+        "iam/logs-policy.json is missing",
+    ),
+    "placeholder-never-filled": (
+        _edit_statement(
+            "bucket", WORKER_OBJECTS, lambda s: s.update(Resource="arn:aws:s3:::__BUKET__/*")
+        ),
+        "placeholder __BUKET__",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(IAM_MUTATIONS))
+def test_iam_checks_catch_bad_setup(name):
+    mutate, expected = IAM_MUTATIONS[name]
+    setup = _iam_setup()
+    assert check_iam(**setup) == []
+    setup = copy.deepcopy(setup)
+    mutate(setup)
+    problems = check_iam(**setup)
+    assert problems, f"{name}: mutated IAM setup passed every check"
+    assert any(expected in p for p in problems), problems
+
+
+# --- aws_prereqs.sh run against a fake `aws` (no network, no AWS account)
+
+# Answers the calls aws_prereqs.sh makes, from a JSON state file, like the AWS CLI v2
+# with `--output text`; logs every call; fails (exit 2) on any call it does not know,
+# e.g. attach-role-policy.
+FAKE_AWS = r'''
+import json, os, sys
+
+path = os.environ["FAKE_AWS_STATE"]
+state = {"sg": None, "cidrs": [], "roles": {}, "profiles": {}}
+if os.path.exists(path):
+    with open(path) as f:
+        state = json.load(f)
+args = sys.argv[1:]
+with open(os.environ["FAKE_AWS_LOG"], "a") as log:
+    log.write(json.dumps(args) + "\n")
+call, opts, key = tuple(args[:2]), {}, None
+for a in args[2:]:
+    if a.startswith("--"):
+        key = a
+        opts[key] = []
+    else:
+        opts[key].append(a)
+
+def arg(k):
+    return opts[k][0]
+
+def fail(code):
+    print(f"An error occurred ({code}) when calling {args[1]}", file=sys.stderr)
+    sys.exit(254)
+
+out = ""
+if call == ("sts", "get-caller-identity"):
+    out = "123456789012"
+elif call == ("ec2", "describe-vpcs"):
+    out = "vpc-0fake"
+elif call == ("ec2", "describe-security-groups"):
+    out = "\t".join(state["cidrs"]) if "--group-ids" in opts else (state["sg"] or "None")
+elif call == ("ec2", "create-security-group"):
+    state["sg"] = out = "sg-0fake"
+elif call == ("ec2", "authorize-security-group-ingress"):
+    perm = arg("--ip-permissions")
+    if "CidrIp=" in perm:
+        cidr = perm.split("CidrIp=")[1].split(",")[0]
+        if cidr in state["cidrs"]:
+            fail("InvalidPermission.Duplicate")
+        state["cidrs"].append(cidr)
+elif call == ("s3api", "head-bucket"):
+    pass
+elif call == ("iam", "get-role"):
+    if arg("--role-name") not in state["roles"]:
+        fail("NoSuchEntity")
+elif call == ("iam", "create-role"):
+    state["roles"][arg("--role-name")] = {
+        "trust": json.loads(arg("--assume-role-policy-document")), "inline": {}, "attached": []}
+elif call == ("iam", "list-attached-role-policies"):
+    out = "\t".join(state["roles"][arg("--role-name")]["attached"])
+elif call == ("iam", "list-role-policies"):
+    out = "\t".join(state["roles"][arg("--role-name")]["inline"])
+elif call == ("iam", "put-role-policy"):
+    state["roles"][arg("--role-name")]["inline"][arg("--policy-name")] = json.loads(
+        arg("--policy-document"))
+elif call == ("iam", "get-instance-profile"):
+    if arg("--instance-profile-name") not in state["profiles"]:
+        fail("NoSuchEntity")
+    out = "\t".join(state["profiles"][arg("--instance-profile-name")])
+elif call == ("iam", "create-instance-profile"):
+    state["profiles"][arg("--instance-profile-name")] = []
+elif call == ("iam", "add-role-to-instance-profile"):
+    state["profiles"][arg("--instance-profile-name")].append(arg("--role-name"))
+else:
+    print(f"fake aws: unexpected call {args}", file=sys.stderr)
+    sys.exit(2)
+with open(path, "w") as f:
+    json.dump(state, f)
+if out:
+    print(out)
+'''
+
+
+class FakeAws:
+    def __init__(self, tmp_path: Path):
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        aws = bin_dir / "aws"
+        aws.write_text(f"#!{sys.executable}\n{FAKE_AWS}")
+        aws.chmod(0o755)
+        self.state_path = tmp_path / "aws-state.json"
+        self.log_path = tmp_path / "aws-calls.jsonl"
+        self.env = {
+            **os.environ,
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            "FAKE_AWS_STATE": str(self.state_path),
+            "FAKE_AWS_LOG": str(self.log_path),
+        }
+
+    def run(self, *args: str) -> tuple[subprocess.CompletedProcess, list[list[str]]]:
+        """Run aws_prereqs.sh ARGS; return the process and the `aws` calls it made."""
+        self.log_path.unlink(missing_ok=True)
+        proc = subprocess.run(
+            ["bash", str(PREREQS), *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        calls = []
+        if self.log_path.exists():
+            calls = [json.loads(line) for line in self.log_path.read_text().splitlines()]
+        return proc, calls
+
+    @property
+    def state(self) -> dict:
+        return json.loads(self.state_path.read_text())
+
+    @state.setter
+    def state(self, value: dict) -> None:
+        self.state_path.write_text(json.dumps(value))
+
+
+def _statements_of(docs: dict) -> list[dict]:
+    return [st for doc in docs.values() for st in _as_list(doc["Statement"])]
+
+
+def test_prereqs_script_with_fake_aws(tmp_path):
+    fake = FakeAws(tmp_path)
+    script = PREREQS.read_text()
+    head_profile = script_setting(script, "HEAD_PROFILE")
+    worker_profile = script_setting(script, "WORKER_PROFILE")
+
+    proc, calls = fake.run("198.51.100.7/32", "my-results.bucket", "eu-west-1")
+    assert proc.returncode == 0, proc.stderr
+    state = fake.state
+    assert state["cidrs"] == ["198.51.100.7/32"]
+
+    # One role per instance profile, a different one for head and workers.
+    (worker_role,) = state["profiles"][worker_profile]
+    (head_role,) = state["profiles"][head_profile]
+    assert worker_role != head_role
+    assert set(state["roles"]) == {worker_role, head_role}
+    for role in state["roles"].values():
+        assert role["trust"] == json.loads((IAM_DIR / "trust-policy.json").read_text())
+        assert role["attached"] == []
+    assert not [c for c in calls if c[1] == "attach-role-policy"]
+    rendered = json.dumps(state["roles"])
+    assert "__" not in rendered and "FullAccess" not in rendered
+
+    # Workers: the bucket, nothing else.
+    worker = _statements_of(state["roles"][worker_role]["inline"])
+    assert {a.split(":")[0] for st in worker for a in _as_list(st["Action"])} == {"s3"}
+    assert {r for st in worker for r in _as_list(st["Resource"])} == {
+        "arn:aws:s3:::my-results.bucket",
+        "arn:aws:s3:::my-results.bucket/*",
+    }
+    # Head: the same bucket policy, plus the autoscaler's, which passes the worker role only.
+    head_docs = state["roles"][head_role]["inline"]
+    assert set(head_docs) == {"infoprompt-search-bucket", "infoprompt-search-autoscaler"}
+    assert head_docs["infoprompt-search-bucket"] == state["roles"][worker_role]["inline"][
+        "infoprompt-search-bucket"
+    ]
+    head = _statements_of(head_docs)
+    passes = [st for st in head if "iam:PassRole" in _as_list(st["Action"])]
+    assert [st["Resource"] for st in passes] == [f"arn:aws:iam::123456789012:role/{worker_role}"]
+    assert {a for st in head for a in _as_list(st["Action"]) if a.startswith("iam:")} == {
+        "iam:PassRole"
+    }
+    assert "arn:aws:ec2:eu-west-1:123456789012:instance/*" in rendered
+
+    # Idempotent: a second run creates nothing and leaves the same state.
+    proc, calls = fake.run("198.51.100.7/32", "my-results.bucket", "eu-west-1")
+    assert proc.returncode == 0, proc.stderr
+    assert not [c for c in calls if c[1].startswith(("create-", "add-"))], calls
+    assert fake.state == state
+    assert "already exists" in proc.stdout
+
+    # Another bucket: the policies are rewritten for it, the old bucket is gone.
+    proc, _ = fake.run("198.51.100.7/32", "other-bucket", "eu-west-1")
+    assert proc.returncode == 0, proc.stderr
+    rendered = json.dumps(fake.state["roles"])
+    assert "arn:aws:s3:::other-bucket/*" in rendered and "my-results.bucket" not in rendered
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (
+            {"attached": ["arn:aws:iam::aws:policy/AmazonS3FullAccess"]},
+            "managed policies attached",
+        ),
+        ({"inline": {"leftover": {}}}, "unexpected inline policy leftover"),
+    ],
+    ids=["managed-policy", "extra-inline-policy"],
+)
+def test_prereqs_script_refuses_extra_rights_on_its_roles(tmp_path, extra, expected):
+    fake = FakeAws(tmp_path)
+    proc, _ = fake.run("198.51.100.7/32", "my-results-bucket")
+    assert proc.returncode == 0, proc.stderr
+    state = fake.state
+    worker_role = state["profiles"][script_setting(PREREQS.read_text(), "WORKER_PROFILE")][0]
+    for key, value in extra.items():
+        if isinstance(value, list):
+            state["roles"][worker_role][key] += value
+        else:
+            state["roles"][worker_role][key].update(value)
+    fake.state = state
+    proc, _ = fake.run("198.51.100.7/32", "my-results-bucket")
+    assert proc.returncode == 1
+    assert expected in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "bucket",
+    [
+        "s3://my-bucket",
+        "My-Bucket",
+        "my_bucket",
+        "ab",
+        "a" * 64,
+        "-my-bucket",
+        "my-bucket.",
+        "my..bucket",
+        "192.168.1.10",
+        "us-west-2",  # the old argument order: CIDR REGION
+    ],
+)
+def test_prereqs_script_rejects_bad_bucket_name(tmp_path, bucket):
+    proc, calls = FakeAws(tmp_path).run("198.51.100.7/32", bucket)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is not an S3 bucket name" in lines[0], proc.stderr
+    assert calls == []  # refused before any AWS call
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["198.51.100.7/32"], "usage:"),
+        (["198.51.100.7/32", "my-bucket", "west"], "is not an AWS region"),
+        (["0.0.0.0/0", "my-bucket"], "refusing /0"),
+    ],
+    ids=["no-bucket", "bad-region", "world-cidr"],
+)
+def test_prereqs_script_rejects_bad_arguments(tmp_path, args, expected):
+    proc, calls = FakeAws(tmp_path).run(*args)
+    assert proc.returncode == 1
+    assert expected in proc.stderr
+    assert calls == []
