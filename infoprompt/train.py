@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from transformers import get_linear_schedule_with_warmup
 
 from infoprompt.batching import SplitTensors, epoch_order, make_batch
 from infoprompt.config import InfoPromptConfig
@@ -45,11 +46,11 @@ def resolve_device(name: str) -> torch.device:
 
 def linear_schedule(optimizer: torch.optim.Optimizer, cfg: InfoPromptConfig,
                     total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over cfg.warmup_ratio of the steps, then linear decay to zero."""
-    warmup = max(1, int(cfg.warmup_ratio * total_steps))
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min((step + 1) / warmup,
-                                    max(0.0, (total_steps - step) / max(1, total_steps - warmup))))
+    """Linear warm-up over cfg.warmup_ratio of the steps, then linear decay to zero:
+    transformers' schedule. Its first step has lr 0 (step 0 of the warm-up); the schedule
+    written here before it started at lr/warmup, one step ahead (docs/design.md)."""
+    return get_linear_schedule_with_warmup(optimizer, max(1, int(cfg.warmup_ratio * total_steps)),
+                                           total_steps)
 
 
 def _adamw(groups: list[dict], **options: Any) -> torch.optim.AdamW:
