@@ -155,7 +155,9 @@ class Training:
     # --- evaluation ---------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, split: SplitTensors) -> dict[str, float]:
-        predictions = []
+        """The task's metrics, and `loglik`: the mean log-probability of the gold labels (a
+        selection signal that moves with every example, where accuracy moves in 1/N steps)."""
+        predictions, logliks = [], []
         for start in range(0, len(split), self.cfg.eval_batch_size):
             rows = list(range(start, min(start + self.cfg.eval_batch_size, len(split))))
             batch = self.batch(split, rows)
@@ -163,8 +165,11 @@ class Training:
                 _, logits, _ = self.model(batch["input_ids"], batch["attention_mask"],
                                           batch["mask_pos"], batch["p_free"])
             predictions.append(logits.argmax(-1).cpu())
-        return classification_metrics(split.labels.tolist(), torch.cat(predictions).tolist(),
-                                      self.splits.task.num_labels)
+            logliks.append(-F.cross_entropy(logits.float(), batch["labels"], reduction="none"))
+        metrics = classification_metrics(split.labels.tolist(), torch.cat(predictions).tolist(),
+                                         self.splits.task.num_labels)
+        metrics["loglik"] = float(torch.cat(logliks).mean())
+        return metrics
 
     # --- the loop -----------------------------------------------------------------------
     def epochs(self) -> Iterator[dict[str, Any]]:
