@@ -12,28 +12,43 @@ import pandas as pd
 import pytest
 
 from infoprompt.errors import InfoPromptError
-from tune.report import TrialRow, final_stats, summarize, trial_rows, write_json, write_markdown
+from tune.report import (
+    TrialRow,
+    final_comparison,
+    final_stats,
+    summarize,
+    trial_rows,
+    write_json,
+    write_markdown,
+)
+
+SEARCH = {"objective": {"name": "best", "definition": "the best valid metric over the epochs "
+                                                     "so far", "mode": "max"}}
 
 
 def row(trial_id: str, best: float | None, *, status: str = "completed", epochs: int = 3,
-        lr: float = 1e-3) -> TrialRow:
+        lr: float = 1e-3, objective: float | None = None) -> TrialRow:
     curve = [] if best is None else [best / 2, best][:epochs]
     return TrialRow(trial_id=trial_id, config={"lr": lr, "k_negatives": 32}, status=status,
-                    epochs=epochs, last_valid_metric=curve[-1] if curve else None,
+                    epochs=epochs, objective=best if objective is None else objective,
+                    last_valid_metric=curve[-1] if curve else None,
                     best_valid_metric=best, node_ip="10.0.0.1", curve=curve)
 
 
 def summary_of(rows: list[TrialRow], final: dict | None = None):
     return summarize(task="demo", metric="accuracy", method="infoprompt", trials=rows,
-                     final=final or {})
+                     final=final or {}, search=SEARCH)
 
 
-def test_best_is_the_highest_best_valid_metric():
+def test_best_is_the_highest_objective():
     rows = [row("a", 0.6, lr=1e-3), row("b", 0.8, lr=2e-3), row("c", 0.7, lr=3e-3)]
     summary = summary_of(rows)
     assert summary.best_config == {"lr": 2e-3, "k_negatives": 32}
-    assert summary.best_valid_metric == 0.8
+    assert summary.best_objective == summary.best_valid_metric == 0.8
     assert summary.trials == rows  # all trials kept, in order
+    # The objective ranks, whatever the valid metric says (e.g. --objective loglik).
+    by_loglik = [row("a", 0.6, objective=-0.2), row("b", 0.8, objective=-0.5)]
+    assert summary_of(by_loglik).best_config["lr"] == 1e-3
 
 
 def test_nan_none_and_errored_trials_are_never_best():
@@ -47,7 +62,7 @@ def test_nan_none_and_errored_trials_are_never_best():
             row("inf", -math.inf, lr=5.0)]
     summary = summary_of(rows)
     assert summary.best_config["lr"] == 4e-3
-    assert summary.best_valid_metric == 0.55
+    assert summary.best_objective == 0.55
 
 
 def test_no_scored_trial_is_one_clear_error():
@@ -83,36 +98,69 @@ def test_write_json(tmp_path: Path):
             row("d", None, status="error: boom", epochs=0)]
     write_json(summary_of(rows, final), tmp_path / "results.json")
     body = json.loads((tmp_path / "results.json").read_text())
-    assert {"task", "metric", "method", "best_config", "best_valid_metric", "final", "trials",
-            "stopped_early"} <= set(body)
+    assert {"task", "metric", "method", "objective", "best_config", "best_objective",
+            "best_valid_metric", "final", "search", "trials", "stopped_early"} <= set(body)
+    assert body["objective"]["name"] == "best" and "definition" in body["objective"]
     assert body["best_config"] == {"lr": 2e-3, "k_negatives": 32}
-    assert body["best_valid_metric"] == 0.8
+    assert body["best_objective"] == body["best_valid_metric"] == 0.8
     assert body["stopped_early"] == 1
     assert body["final"]["best"]["per_seed"] == [0.7, 0.9]
     assert body["final"]["best"]["mean"] == pytest.approx(0.8)
     assert body["final"]["default"]["std"] == 0.0
     assert [t["trial_id"] for t in body["trials"]] == ["a", "b", "c", "d"]
     assert body["trials"][2] == {"trial_id": "c", "config": {"lr": 1e-3, "k_negatives": 32},
-                                 "status": "stopped early", "epochs": 1,
+                                 "status": "stopped early", "epochs": 1, "objective": 0.4,
                                  "last_valid_metric": 0.2, "best_valid_metric": 0.4,
                                  "node_ip": "10.0.0.1", "curve": [0.2]}
     assert body["trials"][3]["best_valid_metric"] is None
 
 
+def paired_final(best: list[float], default: list[float]) -> dict:
+    seeds = list(range(len(best)))
+    final = {"best": {"config": {"lr": 2e-3}, "seeds": seeds, **final_stats(best)},
+             "default": {"config": {"lr": 1e-3}, "seeds": seeds, **final_stats(default)}}
+    return {**final, **final_comparison(best, default)}
+
+
 def test_write_markdown(tmp_path: Path):
-    final = {"best": {"config": {"lr": 2e-3}, "seeds": [0, 1], **final_stats([0.7, 0.9])}}
+    final = paired_final([0.70, 0.90, 0.80], [0.60, 0.85, 0.75])
     rows = [row("a", 0.6), row("d", None, status="error: boom", epochs=0),
             row("b", 0.8, lr=2e-3), row("c", 0.4, status="stopped early", epochs=1)]
     write_markdown(summary_of(rows, final), tmp_path / "results.md")
     text = (tmp_path / "results.md").read_text()
-    assert "Best valid accuracy: **0.8000** with k_negatives=32, lr=0.002" in text
-    assert "| best | 0.8000 ± 0.1414 | 0.7000, 0.9000 |" in text
+    assert ("Best objective (best: the best valid metric over the epochs so far): **0.8000** "
+            "with k_negatives=32, lr=0.002") in text
+    # Seed by seed, then the paired difference with its CI, and words that follow the CI.
+    assert "| 0 | 0.7000 | 0.6000 | +0.1000 |" in text
+    assert "| 2 | 0.8000 | 0.7500 | +0.0500 |" in text
+    paired = final["paired"]
+    assert paired["ci"][0] < 0 < paired["ci"][1]  # [0.1, 0.05, 0.05]: too few seeds to say
+    assert (f"Best − default, paired over 3 seeds (the same splits): +0.0667, 95% CI "
+            f"[{paired['ci'][0]:+.4f}, {paired['ci'][1]:+.4f}]: **no difference shown**") in text
+    assert "better" not in text
     assert "## Trials (4, 1 stopped early by ASHA)" in text
     table = [line for line in text.splitlines() if line.startswith("| ") and "|---" not in line]
     trial_lines = table[table.index(next(t for t in table if t.startswith("| trial"))) + 1:]
     # Best first; a trial without a metric last, shown as "–".
     assert [line.split(" | ")[0] for line in trial_lines] == ["| b", "| a", "| c", "| d"]
-    assert trial_lines[-1].endswith("| 0 | – | error: boom |")
+    assert trial_lines[-1].endswith("| 0 | – | – | error: boom |")
+
+
+def test_the_words_say_better_only_when_the_interval_excludes_zero(tmp_path: Path):
+    final = paired_final([0.70, 0.72, 0.71, 0.73, 0.70], [0.60, 0.61, 0.63, 0.62, 0.60])
+    write_markdown(summary_of([row("a", 0.6)], final), tmp_path / "results.md")
+    assert final["paired"]["ci"][0] > 0
+    assert "the best config is **better** than the default" in \
+        (tmp_path / "results.md").read_text()
+
+
+def test_a_best_that_is_the_default_is_not_compared_with_itself(tmp_path: Path):
+    final = paired_final([0.7, 0.8], [0.7, 0.8])
+    final["default"]["config"] = final["best"]["config"]
+    write_markdown(summary_of([row("a", 0.6)], final), tmp_path / "results.md")
+    text = (tmp_path / "results.md").read_text()
+    assert "The search's best configuration is the default one" in text
+    assert "| mean ± std | 0.7500 ± 0.0707 |" in text
 
 
 def test_write_markdown_without_final(tmp_path: Path):
@@ -125,7 +173,7 @@ def fake_result(path: str, config: dict, curve: list[float], *, error: Exception
     frame = pd.DataFrame({"valid_metric": curve, "epoch": range(1, len(curve) + 1)}) \
         if curve else None
     metrics = {"epoch": len(curve), "valid_metric": curve[-1], "trial_id": trial_id,
-               "node_ip": "10.0.0.2"} if curve else {}
+               "node_ip": "10.0.0.2", "objective": max(curve)} if curve else {}
     return SimpleNamespace(path=path, config=config, metrics=metrics, metrics_dataframe=frame,
                            error=error)
 

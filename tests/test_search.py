@@ -30,7 +30,11 @@ from tune_state import experiment_state, progress, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_DEFAULT = {"beta": 0.1, "gamma": 0.05, "k_negatives": 32, "lr": 1e-3, "bottleneck": 64}
-SCALARS = ("valid_metric", "loss", "loss_pred", "nce_rep", "nce_head", "mi_rep", "mi_head", "lr")
+SCALARS = ("valid_metric", "loss", "loss_pred", "nce_rep", "nce_head", "mi_rep", "mi_head", "lr",
+           "objective")
+# The method's scalars under their own TensorBoard groups, ahead of Ray's `ray/tune/`.
+TASK_TAGS = ("objective/objective", "metric/valid_metric", "metric/valid_loglik", "loss/loss",
+             "loss/nce_rep", "loss/nce_head", "mi/mi_rep", "mi/mi_head", "optim/lr")
 
 
 @pytest.fixture(scope="session")
@@ -84,6 +88,21 @@ def session_hparams(tags: dict[str, list]) -> dict[str, float]:
     return {name: v.number_value for name, v in data.session_start_info.hparams.items()}
 
 
+def hparams_metrics(tags: dict[str, list]) -> list[str]:
+    """The metric tags the HParams tab shows for a trial."""
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    [(_, value)] = tags["_hparams_/experiment"][:1]
+    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+    return [info.name.tag for info in data.experiment.metric_infos]
+
+
+def last_scalar(tags: dict[str, list], tag: str) -> float:
+    from tensorboard.util import tensor_util
+
+    return float(tensor_util.make_ndarray(tags[tag][-1][1].tensor))
+
+
 # --- 1. a tiny search, end to end ---------------------------------------------------------
 
 
@@ -120,16 +139,27 @@ def test_tiny_search_end_to_end(tmp_path, cache_dir):
     assert stopped and results["stopped_early"] == len(stopped), trials
     assert all(t["status"] == "stopped early" for t in stopped)
 
-    # The best is the trial with the highest best valid metric.
-    best = max(trials, key=lambda t: t["best_valid_metric"])
-    assert results["best_valid_metric"] == best["best_valid_metric"]
+    # One objective, end to end (default: the running best valid metric): results.json,
+    # Optuna's study and the HParams tab agree on every trial's value, and it ranks them.
+    assert results["objective"]["name"] == "best" and "best valid metric" in \
+        results["objective"]["definition"]
+    studied = optuna_trials(experiment)
+    for t in trials:
+        assert t["objective"] == pytest.approx(max(t["curve"])), t
+        assert studied[t["trial_id"]].value == pytest.approx(t["objective"]), t
+    best = max(trials, key=lambda t: t["objective"])
+    assert results["best_objective"] == best["objective"]
     assert results["best_config"] == best["config"]
+    # The sampler acts: TPE's random start is a quarter of the budget (at least 2).
+    sampler = results["search"]["sampler"]
+    assert sampler["n_startup_trials"] == 2 and sampler["multivariate"] is True
+    assert set(results["search"]["versions"]) == {"optuna", "ray"}
 
     # Final evaluation: best and default, re-trained on the requested seeds.
-    assert set(results["final"]) == {"best", "default"}
+    assert set(results["final"]) == {"best", "default", "paired"}
     assert results["final"]["default"]["config"] == PAPER_DEFAULT
     assert results["final"]["best"]["config"] == results["best_config"]
-    for stats in results["final"].values():
+    for stats in (results["final"]["best"], results["final"]["default"]):
         assert stats["seeds"] == list(range(seeds))
         assert len(stats["per_seed"]) == seeds
         assert all(0 <= v <= 1 for v in stats["per_seed"])
@@ -138,13 +168,26 @@ def test_tiny_search_end_to_end(tmp_path, cache_dir):
             math.sqrt(sum((v - stats["mean"]) ** 2 for v in stats["per_seed"]) / (seeds - 1)))
     distinct = 1 if results["best_config"] == PAPER_DEFAULT else 2
     assert f"final evaluation: {distinct} configs x {seeds} seeds" in done.stdout
+    # Paired on the same seeds: per-seed differences, their mean and 95% CI, and the words.
+    paired = results["final"]["paired"]
+    best_seeds, default_seeds = (results["final"][k]["per_seed"] for k in ("best", "default"))
+    assert paired["per_seed"] == pytest.approx([b - d for b, d in zip(best_seeds,
+                                                                       default_seeds)])
+    low, high = paired["ci"]
+    assert low <= paired["mean"] <= high
+    assert paired["verdict"] == ("better" if low > 0 else "worse" if high < 0
+                                 else "no difference shown")
+    if distinct == 2:
+        assert "Best − default, paired over 2 seeds" in done.stdout
 
     # TensorBoard, per trial: the training scalars and the HParams summary.
     for t in trials:
         folder = experiment / f"trial_{t['trial_id']}"
         tags = event_summaries(folder)
         for name in SCALARS:
-            assert f"ray/tune/{name}" in tags, (folder, sorted(tags))
+            assert f"ray/tune/{name}" in tags, (folder, sorted(tags))  # Ray's own tags stay
+        for tag in TASK_TAGS:
+            assert tag in tags and len(tags[tag]) == t["epochs"], (tag, folder, sorted(tags))
         assert len(tags["ray/tune/valid_metric"]) == t["epochs"]
         for tag in ("_hparams_/experiment", "_hparams_/session_start_info"):
             assert tag in tags and {p for p, _ in tags[tag]} == {"hparams"}, (tag, folder)
@@ -152,6 +195,9 @@ def test_tiny_search_end_to_end(tmp_path, cache_dir):
         assert set(hparams) >= set(PAPER_DEFAULT)
         for name, value in t["config"].items():
             assert hparams[name] == pytest.approx(value, rel=1e-6)
+        # The HParams metric is the objective, with the value results.json gives the trial.
+        assert hparams_metrics(tags) == ["objective/objective"]
+        assert last_scalar(tags, "objective/objective") == pytest.approx(t["objective"])
     print(f"\ntiny search: {time.perf_counter() - started:.0f}s; epochs per trial "
           f"{[t['epochs'] for t in trials]}, {len(stopped)} stopped by ASHA; best "
           f"{results['best_valid_metric']:.3f}; final best {results['final']['best']['per_seed']}"
@@ -183,6 +229,18 @@ def kill_driver(process: subprocess.Popen) -> list[psutil.Process]:
     return family
 
 
+def asha_rungs(experiment: Path) -> set[tuple[int, str, float]]:
+    """(milestone, trial_id, value) that ASHA recorded, from the newest callback state Tune
+    saved with the experiment (tune/tuner.py's AshaRungs)."""
+    files = sorted(experiment.glob("callback-states-*.pkl"))
+    if not files:
+        return set()
+    states = pickle.loads(files[-1].read_bytes())
+    [state] = [s for s in states.values() if s and "brackets" in s]
+    return {(milestone, trial_id, value) for bracket in state["brackets"]
+            for milestone, recorded in bracket for trial_id, value in recorded.items()}
+
+
 def result_lines(trial: Path) -> int:
     path = trial / "result.json"
     return len(path.read_text().splitlines()) if path.exists() else 0
@@ -203,13 +261,15 @@ def test_killed_driver_then_resume_keeps_finished_trials(tmp_path, cache_dir):
                               start_new_session=True)
     try:
         deadline = time.monotonic() + 600
-        while True:
+        while True:  # until a trial has finished and ASHA has stopped one
             state = experiment_state(experiment)
             finished = [t for t, s in state.items() if s["status"] == "TERMINATED"]
-            if finished:
+            stopped = [t for t in finished
+                       if state[t]["last_result"].get("epoch", epochs) < epochs]
+            if stopped and len(finished) > len(stopped) and asha_rungs(experiment):
                 break
             assert driver.poll() is None, (tmp_path / "first.log").read_text()[-4000:]
-            assert time.monotonic() < deadline, "no trial finished in 600 s"
+            assert time.monotonic() < deadline, "no trial finished or stopped in 600 s"
             time.sleep(0.5)
     finally:
         family = kill_driver(driver)
@@ -218,6 +278,7 @@ def test_killed_driver_then_resume_keeps_finished_trials(tmp_path, cache_dir):
 
     # What the killed search left: its last saved state is what --resume continues.
     before = experiment_state(experiment)
+    rungs_before = asha_rungs(experiment)
     finished = {t: s for t, s in before.items() if s["status"] == "TERMINATED"}
     unfinished = set(before) - set(finished)
     assert finished and (unfinished or len(before) < samples), before
@@ -255,6 +316,10 @@ def test_killed_driver_then_resume_keeps_finished_trials(tmp_path, cache_dir):
                 sorted(p.name for p in folder.glob("events.out.*"))) == kept[trial_id]
     # The resumed search ran on the experiment's settings (16 shots, 3 epochs), not defaults.
     assert max(t["epochs"] for t in results["trials"]) == epochs
+    # ASHA's rungs survived the resume: every record made before the kill is still there
+    # (Tune restores the searcher, not the scheduler: ray-project/ray#30838).
+    assert rungs_before and rungs_before <= asha_rungs(experiment), \
+        (rungs_before, asha_rungs(experiment))
     print(f"\nresume: {len(finished)} of {len(before)} trials finished when the driver was "
           f"killed ({len(family)} processes killed with it); after resume epochs "
           f"{[t['epochs'] for t in results['trials']]}, {results['stopped_early']} stopped early")

@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 
 from infoprompt.errors import InfoPromptError
 
-__all__ = ["Summary", "TrialRow", "final_stats", "plot", "summarize", "trial_rows",
-           "write_json", "write_markdown"]
+__all__ = ["Summary", "TrialRow", "final_comparison", "final_stats", "final_table", "plot",
+           "summarize", "trial_rows", "write_json", "write_markdown"]
 
 
 class TrialRow(NamedTuple):
@@ -23,6 +23,7 @@ class TrialRow(NamedTuple):
     config: dict[str, Any]
     status: str  # completed | stopped early | error: …
     epochs: int
+    objective: float | None  # the last reported objective: what the search ranked it by
     last_valid_metric: float | None
     best_valid_metric: float | None
     node_ip: str | None
@@ -34,9 +35,11 @@ class Summary(NamedTuple):
     metric: str
     method: str
     best_config: dict[str, Any]
-    best_valid_metric: float
+    best_objective: float
+    best_valid_metric: float | None
     trials: list[TrialRow]
-    final: dict[str, Any]  # "best" / "default" -> per-seed test metrics, mean, std
+    final: dict[str, Any]  # "best" / "default" -> per seed, mean, std; "paired": best − default
+    search: dict[str, Any] = {}  # objective, sampler, scheduler, versions
 
     @property
     def stopped_early(self) -> int:
@@ -62,6 +65,7 @@ def trial_rows(result_grid: Any, max_epochs: int) -> list[TrialRow]:
             # (trial_<id>, see tuner.py) names it.
             trial_id=metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_"),
             config=dict(result.config or {}), status=status, epochs=epochs,
+            objective=metrics.get("objective"),
             last_valid_metric=curve[-1] if curve else None,
             best_valid_metric=max(curve) if curve else None,
             node_ip=metrics.get("node_ip"), curve=curve))
@@ -77,25 +81,37 @@ def final_stats(per_seed: list[float]) -> dict[str, Any]:
             "diverged": len(per_seed) - len(finite)}
 
 
+def final_comparison(best: list[float], default: list[float]) -> dict[str, Any]:
+    """The best config against the default on the same seeds (the same splits): the paired
+    differences, their mean and 95% CI, and the words the interval allows."""
+    from infoprompt.metrics import paired_difference
+
+    return {"paired": {"of": "best - default", **paired_difference(best, default)}}
+
+
 def summarize(*, task: str, metric: str, method: str, trials: list[TrialRow],
-              final: dict[str, Any]) -> Summary:
+              final: dict[str, Any], search: dict[str, Any] | None = None) -> Summary:
     # An errored trial (diverged, or out of retries) is never the best, even if it reported
-    # a metric before failing: Optuna was told it failed, and its config would not re-train.
-    scored = [t for t in trials if t.best_valid_metric is not None
-              and math.isfinite(t.best_valid_metric) and not t.status.startswith("error")]
+    # before failing: Optuna was told it failed, and its config would not re-train.
+    scored = [t for t in trials if t.objective is not None and math.isfinite(t.objective)
+              and not t.status.startswith("error")]
     if not scored:
         raise InfoPromptError(
             f"none of the {len(trials)} trials finished with a valid metric ("
             + "; ".join(sorted({t.status for t in trials})[:3]) + ")")
-    best = max(scored, key=lambda t: t.best_valid_metric)
-    return Summary(task, metric, method, best.config, best.best_valid_metric, trials, final)
+    best = max(scored, key=lambda t: t.objective)
+    return Summary(task, metric, method, best.config, best.objective, best.best_valid_metric,
+                   trials, final, search or {})
 
 
 def write_json(summary: Summary, path: Path) -> None:
     body = {
         "task": summary.task, "metric": summary.metric, "method": summary.method,
-        "best_config": summary.best_config, "best_valid_metric": summary.best_valid_metric,
+        "objective": summary.search.get("objective"),
+        "best_config": summary.best_config, "best_objective": summary.best_objective,
+        "best_valid_metric": summary.best_valid_metric,
         "final": summary.final,
+        "search": summary.search,
         "trials": [t._asdict() for t in summary.trials],
         "stopped_early": summary.stopped_early,
     }
@@ -108,26 +124,52 @@ def _fmt(value: Any) -> str:
     return "–" if value is None else str(value)
 
 
+VERDICTS = {
+    "better": "the best config is **better** than the default on test (the interval lies above 0)",
+    "worse": "the best config is **worse** than the default on test (the interval lies below 0)",
+    "no difference shown": "**no difference shown** (the interval holds 0)",
+}
+
+
+def final_table(summary: Summary) -> list[str]:
+    """Markdown: best vs default, seed by seed, with the paired difference and its CI."""
+    final = summary.final
+    best, default = final.get("best"), final.get("default")
+    if not best:
+        return []
+    lines = [f"## Test {summary.metric} (GLUE dev), re-trained from scratch", ""]
+    if default is None or default["config"] == best["config"]:
+        lines += ["The search's best configuration is the default one: nothing to compare.", "",
+                  "| seed | test |", "|---|---|"]
+        lines += [f"| {seed} | {v:.4f} |" for seed, v in zip(best["seeds"], best["per_seed"])]
+        return lines + [f"| mean ± std | {best['mean']:.4f} ± {best['std']:.4f} |", ""]
+    paired = final["paired"]
+    lines += ["| seed | best | default | best − default |", "|---|---|---|---|"]
+    for seed, b, d in zip(best["seeds"], best["per_seed"], default["per_seed"]):
+        lines.append(f"| {seed} | {b:.4f} | {d:.4f} | {b - d:+.4f} |")
+    low, high = paired["ci"]
+    lines += [f"| mean ± std | {best['mean']:.4f} ± {best['std']:.4f} | "
+              f"{default['mean']:.4f} ± {default['std']:.4f} | {paired['mean']:+.4f} |", "",
+              f"Best − default, paired over {paired['n']} seeds (the same splits): "
+              f"{paired['mean']:+.4f}, 95% CI [{low:+.4f}, {high:+.4f}]: "
+              f"{VERDICTS[paired['verdict']]}.", ""]
+    return lines
+
+
 def write_markdown(summary: Summary, path: Path) -> None:
     names = sorted({k for t in summary.trials for k in t.config})
+    objective = summary.search.get("objective") or {}
     lines = [f"# Search: {summary.task}, {summary.method}", "",
-             f"Best valid {summary.metric}: **{summary.best_valid_metric:.4f}** with "
+             f"Best objective ({objective.get('name', 'objective')}: "
+             f"{objective.get('definition', '')}): **{summary.best_objective:.4f}** with "
              + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(summary.best_config.items())), ""]
-    if summary.final:
-        lines += [f"## Test {summary.metric} (GLUE dev), re-trained from scratch", "",
-                  "| config | mean ± std | per seed |", "|---|---|---|"]
-        for label, stats in summary.final.items():
-            if not isinstance(stats, dict) or "mean" not in stats:
-                continue
-            seeds = ", ".join(f"{v:.4f}" for v in stats["per_seed"])
-            lines.append(f"| {label} | {stats['mean']:.4f} ± {stats['std']:.4f} | {seeds} |")
-        lines.append("")
+    lines += final_table(summary)
     lines += [f"## Trials ({len(summary.trials)}, {summary.stopped_early} stopped early by ASHA)",
-              "", "| trial | " + " | ".join(names) + " | epochs | best valid | status |",
-              "|---" * (len(names) + 4) + "|"]
-    for t in sorted(summary.trials, key=lambda t: -(t.best_valid_metric or -math.inf)):
+              "", "| trial | " + " | ".join(names) + " | epochs | objective | best valid | "
+              "status |", "|---" * (len(names) + 5) + "|"]
+    for t in sorted(summary.trials, key=lambda t: -(t.objective or -math.inf)):
         cells = [t.trial_id] + [_fmt(t.config.get(n)) for n in names]
-        cells += [str(t.epochs), _fmt(t.best_valid_metric), t.status]
+        cells += [str(t.epochs), _fmt(t.objective), _fmt(t.best_valid_metric), t.status]
         lines.append("| " + " | ".join(cells) + " |")
     path.write_text("\n".join(lines) + "\n")
 
@@ -136,7 +178,7 @@ def importances(summary: Summary) -> dict[str, float]:
     """Optuna's fANOVA importances over the finished trials (empty when too few)."""
     import optuna
 
-    trials = [t for t in summary.trials if t.best_valid_metric is not None]
+    trials = [t for t in summary.trials if t.objective is not None]
     names = sorted({k for t in trials for k in t.config})
     if len(trials) < 3 or not names:
         return {}
@@ -151,7 +193,7 @@ def importances(summary: Summary) -> dict[str, float]:
     for t in trials:
         study.add_trial(optuna.trial.create_trial(
             params={k: t.config[k] for k in names}, distributions=distributions,
-            value=t.best_valid_metric))
+            value=t.objective))
     try:
         return optuna.importance.get_param_importances(study)
     except (RuntimeError, ValueError):  # e.g. every trial scored the same

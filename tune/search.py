@@ -102,6 +102,27 @@ def write_reports(summary: Any, storage: str, name: str) -> tuple[str, str]:
         return publish(Path(folder), storage, name), (Path(folder) / "results.md").read_text()
 
 
+def search_record(settings: SearchSettings, concurrent: int) -> dict[str, Any]:
+    """What results.json says about how the search chose: the objective's definition, the
+    sampler and scheduler with their settings, and the library versions."""
+    import optuna
+    import ray
+
+    from tune.tuner import sampler_options
+
+    return {
+        "objective": {"name": settings.objective.value,
+                      "definition": settings.objective.definition, "mode": "max"},
+        "sampler": {"name": "optuna.samplers.TPESampler",
+                    **sampler_options(settings, concurrent)},
+        "scheduler": {"name": "ray.tune.schedulers.ASHAScheduler", "time_attr": "epoch",
+                      "max_t": settings.config.epochs, "grace_period": settings.grace_period,
+                      "reduction_factor": settings.reduction_factor},
+        "max_concurrent": concurrent,
+        "versions": {"optuna": optuna.__version__, "ray": ray.__version__},
+    }
+
+
 @guarded
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
@@ -150,26 +171,30 @@ def _search(settings: SearchSettings, splits: Any, storage: str, name: str,
     cfg = settings.config
     check_cluster(address=settings.address, gpus_per_trial=settings.gpus_per_trial,
                   storage=storage)
+    concurrent = settings.max_concurrent or default_concurrency(
+        num_samples=settings.num_samples, cpus_per_trial=settings.cpus_per_trial,
+        gpus_per_trial=settings.gpus_per_trial)
     if settings.resume:
         print(f"resuming {path}", flush=True)
         tuner = restore_tuner(path, settings, splits)
     else:
         save_settings(settings, storage, name)
-        concurrent = settings.max_concurrent or default_concurrency(
-            num_samples=settings.num_samples, cpus_per_trial=settings.cpus_per_trial,
-            gpus_per_trial=settings.gpus_per_trial)
         tuner = build_tuner(settings, splits, storage_path=storage, name=name,
                             max_concurrent=concurrent)
     started = time.perf_counter()
     grid = tuner.fit()
     rows = report.trial_rows(grid, cfg.epochs)
     summary = report.summarize(task=cfg.task, metric=splits.task.metric,
-                               method=cfg.method.value, trials=rows, final={})
+                               method=cfg.method.value, trials=rows, final={},
+                               search=search_record(settings, concurrent))
     # Written now and again after the final evaluation: a failure there loses no search.
     target, markdown = write_reports(summary, storage, name)
     if settings.final_seeds:
         configs = {"best": summary.best_config, "default": paper_point(cfg, settings.space)}
-        summary = summary._replace(final=final_evaluation(settings, configs))
+        final = final_evaluation(settings, configs)
+        final.update(report.final_comparison(final["best"]["per_seed"],
+                                             final["default"]["per_seed"]))
+        summary = summary._replace(final=final)
         target, markdown = write_reports(summary, storage, name)
     print("\n" + markdown)
     print(f"{len(rows)} trials, {summary.stopped_early} stopped early by ASHA, "

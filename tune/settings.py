@@ -16,6 +16,7 @@ from typing import Any
 from infoprompt.cli import add_dataclass_arguments, config_from_args
 from infoprompt.config import InfoPromptConfig
 from infoprompt.errors import InfoPromptError
+from tune.objective import Objective
 from tune.space import SPACE, Choice, Entry, Range, flag, space_from_args
 
 __all__ = ["RESUME_MAY_CHANGE", "RESUME_TAKES", "SearchSettings", "add_settings_arguments",
@@ -41,6 +42,14 @@ class SearchSettings:
                               "mean valid metric: less selection noise, N× the cost", "search")
     final_seeds: int = _field(5, "seeds on which the best and the default config are "
                                  "re-trained and scored on test (0 skips)", "search")
+    objective: Objective = _field(Objective.BEST, "what the search selects by, every epoch: "
+                                  "best (running best valid metric), last (this epoch's), "
+                                  "loglik (running best valid log-likelihood of the gold "
+                                  "labels), best_loglik (best, ties broken by log-likelihood)",
+                                  "search")
+    n_startup_trials: int | None = _field(None, "TPE: trials sampled at random before it "
+                                                "models the space (default: a quarter of "
+                                                "--num-samples, at least 2)", "search")
 
     # --- Ray ---
     address: str | None = _field(None, "running Ray cluster to join ('auto' on a cluster "
@@ -60,6 +69,13 @@ class SearchSettings:
                                  "with the settings it was started with", "Ray")
 
     def __post_init__(self) -> None:
+        try:
+            object.__setattr__(self, "objective", Objective(self.objective))
+        except ValueError:
+            raise InfoPromptError(f"unknown objective {self.objective!r}; choose one of: "
+                                  + ", ".join(o.value for o in Objective)) from None
+        if self.n_startup_trials is not None and self.n_startup_trials < 0:
+            raise InfoPromptError(f"--n-startup-trials must be >= 0, got {self.n_startup_trials}")
         for name, low in (("num_samples", 1), ("grace_period", 1), ("cv_folds", 1),
                           ("final_seeds", 0), ("max_failures", 0)):
             if getattr(self, name) < low:
@@ -76,6 +92,13 @@ class SearchSettings:
                                   f"{self.config.epochs}: ASHA cannot wait longer than a trial "
                                   "runs; lower it")
 
+    @property
+    def startup_trials(self) -> int:
+        """TPE's random start: enough to model from, few enough that TPE proposes most."""
+        if self.n_startup_trials is not None:
+            return self.n_startup_trials
+        return max(2, self.num_samples // 4)
+
     def replace(self, **changes: Any) -> SearchSettings:
         return dataclasses.replace(self, **changes)
 
@@ -83,6 +106,7 @@ class SearchSettings:
         """JSON-ready: what an experiment saves so that `--resume` continues it as it was."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["config"] = self.config.to_dict()
+        out["objective"] = self.objective.value
         out["space"] = {name: list(entry.values) for name, entry in self.space.items()}
         return out
 

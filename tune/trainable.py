@@ -23,6 +23,7 @@ from infoprompt.config import InfoPromptConfig
 from infoprompt.errors import InfoPromptError
 from infoprompt.store import Splits
 from infoprompt.train import Training, fit
+from tune.objective import Objective, objective_value
 
 __all__ = ["final_fit", "rotations", "trainable"]
 
@@ -30,8 +31,15 @@ STATE_FILE = "state.pt"
 PER_RUN_ONLY = {"best_valid_metric", "best_epoch"}
 
 
+def _mean(records: tuple[dict[str, Any], ...]) -> dict[str, Any]:
+    """One epoch's record averaged over the folds (per-fold bests are not the best of the
+    mean: those stay out)."""
+    return {name: sum(r[name] for r in records) / len(records)
+            for name in records[0] if name not in PER_RUN_ONLY}
+
+
 def trainable(params: dict[str, Any], *, base: InfoPromptConfig, splits: Splits,
-              cv_folds: int = 1) -> None:
+              cv_folds: int = 1, objective: Objective = Objective.BEST) -> None:
     cfg = base.replace(**params)
     # One Ray CPU is one thread: more would oversubscribe the node's cores.
     cpus = ray.tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
@@ -50,10 +58,11 @@ def trainable(params: dict[str, Any], *, base: InfoPromptConfig, splits: Splits,
     # one epoch. Tune offers no per-exception retry policy, and a "diverged" note in the
     # trial's working folder did not survive between attempts, so none is attempted here.
     for records in zip(*(run.epochs() for run in runs)):
-        # Per-fold bests are not the best of the mean; Tune tracks that (scope="all").
-        metrics = {name: sum(r[name] for r in records) / len(records)
-                   for name in records[0] if name not in PER_RUN_ONLY}
+        metrics = _mean(records)
         metrics["epoch"] = records[0]["epoch"]
+        # Over the whole run, restored epochs included: a resumed trial ranks the same.
+        history = [_mean(epoch) for epoch in zip(*(run.history for run in runs))]
+        metrics["objective"] = objective_value(history, objective)
         # Which Ray node ran this epoch: on one machine every node shares node_ip.
         metrics["node_id"] = ray.get_runtime_context().get_node_id()
         with tempfile.TemporaryDirectory() as folder:

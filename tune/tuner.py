@@ -2,27 +2,68 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
+import optuna
 import ray.tune
+from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from infoprompt.store import Splits
 from tune.settings import SearchSettings
 from tune.space import default_point, param_space
+from tune.tensorboard import TaskTensorBoard
 from tune.trainable import trainable
 
-__all__ = ["METRIC", "MODE", "build_tuner", "restore_tuner"]
+__all__ = ["METRIC", "MODE", "AshaRungs", "build_tuner", "restore_tuner", "sampler_options",
+           "tpe_sampler"]
 
-METRIC, MODE = "valid_metric", "max"
+METRIC, MODE = "objective", "max"  # tune/objective.py: one number, end to end
+
+
+def sampler_options(settings: SearchSettings, max_concurrent: int) -> dict[str, Any]:
+    """TPE that acts within a small budget: a short random start scaled to the budget,
+    multivariate (β, γ and K interact), and a constant liar so that concurrent trials do not
+    all land on the same promising point."""
+    return {"seed": settings.config.seed, "n_startup_trials": settings.startup_trials,
+            "multivariate": True, "constant_liar": max_concurrent > 1}
+
+
+def tpe_sampler(settings: SearchSettings, max_concurrent: int) -> optuna.samplers.TPESampler:
+    with warnings.catch_warnings():  # multivariate and constant_liar are "experimental"
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(**sampler_options(settings, max_concurrent))
+
+
+class AshaRungs(Callback):
+    """Carries ASHA's rung records through --resume. Tune saves and restores its callbacks'
+    state with the experiment, but not the scheduler's (ray-project/ray#30838): without this
+    a resumed search judges new trials against empty rungs. The callback and the scheduler
+    are pickled together in the tuner's state, so the restored callback holds the restored
+    scheduler."""
+
+    def __init__(self, scheduler: ASHAScheduler):
+        self.scheduler = scheduler
+
+    def get_state(self) -> dict:
+        return {"brackets": [[(milestone, dict(recorded)) for milestone, recorded in b._rungs]
+                             for b in self.scheduler._brackets],
+                "num_stopped": self.scheduler._num_stopped}
+
+    def set_state(self, state: dict) -> None:
+        for bracket, rungs in zip(self.scheduler._brackets, state["brackets"]):
+            bracket._rungs = [(milestone, dict(recorded)) for milestone, recorded in rungs]
+        self.scheduler._num_stopped = state["num_stopped"]
 
 
 def _trainable(settings: SearchSettings, splits: Splits) -> Any:
     # with_parameters puts the tables in the object store once; every trial maps them.
     with_data = ray.tune.with_parameters(trainable, base=settings.config,
                                          splits=splits.without_test(),
-                                         cv_folds=settings.cv_folds)
+                                         cv_folds=settings.cv_folds,
+                                         objective=settings.objective)
     return ray.tune.with_resources(with_data, {"cpu": settings.cpus_per_trial,
                                                "gpu": settings.gpus_per_trial})
 
@@ -34,11 +75,14 @@ def build_tuner(settings: SearchSettings, splits: Splits, *, storage_path: str, 
     (benchmarks)."""
     cfg = settings.config
     first = default_point(cfg, settings.space)
-    searcher = searcher or OptunaSearch(seed=cfg.seed,
+    searcher = searcher or OptunaSearch(sampler=tpe_sampler(settings, max_concurrent),
                                         points_to_evaluate=[first] if first else None)
     scheduler = scheduler or ASHAScheduler(time_attr="epoch", max_t=cfg.epochs,
                                            grace_period=settings.grace_period,
                                            reduction_factor=settings.reduction_factor)
+    callbacks = [TaskTensorBoard()]
+    if isinstance(scheduler, ASHAScheduler):
+        callbacks.append(AshaRungs(scheduler))
     return ray.tune.Tuner(
         _trainable(settings, splits),
         param_space=param_space(cfg, settings.space),
@@ -50,7 +94,7 @@ def build_tuner(settings: SearchSettings, splits: Splits, *, storage_path: str, 
             reuse_actors=True,
             trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
         run_config=ray.tune.RunConfig(
-            name=name, storage_path=storage_path,
+            name=name, storage_path=storage_path, callbacks=callbacks,
             # A failed trial (a lost node, say) restarts from its last epoch's checkpoint.
             failure_config=ray.tune.FailureConfig(max_failures=settings.max_failures),
             # More than one: the experiment state that --resume reads is saved every
