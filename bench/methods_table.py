@@ -20,20 +20,17 @@ run is saved to a JSON file at once; a re-run skips what that file already holds
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import multiprocessing
-import os
 import statistics
 import sys
 import tempfile
 import time
-from concurrent import futures
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, add_common_arguments, bench_config, emit, provenance, write_section
+from _runs import Store, run_fits
 
 SECTION = "bench/methods_table.py"
 
@@ -71,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", nargs="+", default=["cola", "sst2"])
     parser.add_argument("--shots", type=int, default=64)
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default: 3)")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default: 5)")
     parser.add_argument("--epochs", type=int, default=30)
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--workers", type=int, default=2,
@@ -104,39 +101,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def base_config(args: argparse.Namespace, task: str):
     return bench_config(args, task=task, shots=args.shots, epochs=args.epochs)
-
-
-def _init_worker() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-
-def fit_job(config: dict[str, Any]) -> dict[str, Any]:
-    """One run in a worker process: train, keep the best-valid epoch, score test."""
-    from infoprompt.config import InfoPromptConfig
-    from infoprompt.store import load_splits
-    from infoprompt.train import fit
-
-    started = time.perf_counter()
-    cfg = InfoPromptConfig.from_dict(config)
-    summary = fit(cfg, length_sorted_test(load_splits(cfg, log=lambda message: None)))
-    return {"test_metric": summary["test_metric"],
-            "best_valid_metric": summary["best_valid_metric"], "best_epoch": summary["best_epoch"],
-            "seconds": time.perf_counter() - started, "config": config}
-
-
-def length_sorted_test(splits):
-    """The test rows sorted by length: evaluation pads each batch to its longest row, so this
-    only saves time (the metric does not depend on the order of the rows)."""
-    import dataclasses
-
-    import numpy as np
-
-    lengths = [len(ids) for ids in splits.test.column("input_ids").to_pylist()]
-    order = np.argsort(lengths, kind="stable")
-    return dataclasses.replace(splits, test=splits.test.take(order))
 
 
 def probe_job(cfg) -> dict[str, Any]:
@@ -190,25 +154,10 @@ def run_search(args: argparse.Namespace, task: str, folds: int, storage: str) ->
     out = search_main(argv)
     summary = out["summary"]
     return {"best_config": summary.best_config, "best_valid_metric": summary.best_valid_metric,
+            "best_objective": summary.best_objective,
             "trials": len(summary.trials), "stopped_early": summary.stopped_early,
             "trial_epochs": sum(t.epochs for t in summary.trials) * folds,
             "path": out["path"], "seconds": time.perf_counter() - started, "argv": argv}
-
-
-class Store:
-    """The results JSON: written whole (atomically) after every finished run."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.data = json.loads(path.read_text()) if path.exists() else {}
-        self.data.setdefault("runs", {})
-        self.data.setdefault("searches", {})
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, default=float))
-        os.replace(tmp, self.path)
 
 
 def run_key(task: str, label: str, seed: int, args: argparse.Namespace) -> str:
@@ -240,20 +189,45 @@ def selected(label: str, method: str | None, args: argparse.Namespace) -> bool:
 # --- the table -----------------------------------------------------------------------------
 
 
+# Every row is compared with these, seed by seed (the same seed draws the same splits).
+REFERENCES = {"InfoPrompt": "InfoPrompt (bilinear critic, paper defaults)",
+              "pred_only": "γ = 0, β = 0 (pred_only)"}
+
+
+def per_seed(store: Store, task: str, label: str, args: argparse.Namespace) -> list[float]:
+    """Test metric by seed 0..N-1; NaN where the run is missing or diverged."""
+    runs = store.data["runs"]
+    values = [runs.get(run_key(task, label, s, args), {}).get("test_metric")
+              for s in range(args.seeds)]
+    return [v if v is not None and math.isfinite(v) else math.nan for v in values]
+
+
 def aggregate(store: Store, labels: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    from infoprompt.metrics import paired_difference
+
     table: dict[str, dict[str, dict[str, Any]]] = {}
     for label in labels:
         for task in args.tasks:
-            values = [store.data["runs"][k]["test_metric"]
-                      for k in (run_key(task, label, s, args) for s in range(args.seeds))
-                      if k in store.data["runs"]]
-            values = [v for v in values if v is not None and math.isfinite(v)]
-            if values:
-                table.setdefault(label, {})[task] = {
-                    "mean": statistics.fmean(values),
-                    "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                    "n": len(values), "per_seed": values}
+            seeds = per_seed(store, task, label, args)
+            values = [v for v in seeds if math.isfinite(v)]
+            if not values:
+                continue
+            table.setdefault(label, {})[task] = {
+                "mean": statistics.fmean(values),
+                "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "n": len(values), "per_seed": seeds,
+                "paired": {name: paired_difference(seeds, per_seed(store, task, reference, args))
+                           for name, reference in REFERENCES.items() if reference != label}}
     return table
+
+
+def paired_cell(paired: dict[str, Any] | None) -> str:
+    """'+0.0123 [-0.0100, +0.0346]', bold where the interval excludes 0."""
+    if not paired or paired["n"] < 2:
+        return "–"
+    low, high = paired["ci"]
+    text = f"{paired['mean']:+.4f} [{low:+.4f}, {high:+.4f}]"
+    return f"**{text}**" if paired["verdict"] != "no difference shown" else text
 
 
 def markdown(store: Store, table: dict[str, Any], labels: list[str],
@@ -278,6 +252,13 @@ def markdown(store: Store, table: dict[str, Any], labels: list[str],
                 value = PAPER.get(label, {}).get(task)
                 cells.append("–" if value is None else f"{value:.4f}")
         lines.append("| " + " | ".join(cells) + " |")
+    paired_head = ["method"] + [f"{TASK_TITLE.get(t, t)}: − {name}" for t in tasks
+                                for name in REFERENCES]
+    paired_lines = ["| " + " | ".join(paired_head) + " |", "|---" * len(paired_head) + "|"]
+    for label in labels:
+        cells = [label] + [paired_cell(table.get(label, {}).get(t, {}).get("paired", {})
+                                       .get(name)) for t in tasks for name in REFERENCES]
+        paired_lines.append("| " + " | ".join(cells) + " |")
     searches = []
     for task in tasks:
         for folds in args.cv_folds:
@@ -297,6 +278,10 @@ def markdown(store: Store, table: dict[str, Any], labels: list[str],
         "(paper, Table 3, 64-shot columns; the paper has no IDPG, linear-probe, cosine or "
         "searched rows).", "",
         *lines, "",
+        f"Paired differences (row − reference, seed by seed on the same splits; mean and "
+        f"Student-t 95% CI over the {args.seeds} seeds; **bold** where the interval excludes 0, "
+        "the only case in which one is called better or worse):", "",
+        *paired_lines, "",
         f"Protocol: seed s draws its own class-balanced {args.shots}-shot train and a disjoint "
         f"{args.shots}-shot valid split from GLUE train; each run trains {args.epochs} epochs "
         "(batch 8, paper defaults: lr 1e-3, β 0.1, γ 0.05, K 32, r 64, n_p 4; finetune: "
@@ -380,25 +365,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           **store.data["searches"][search_key(task, folds, args)]["best_config"]}
             for seed in range(args.seeds):
                 key = run_key(task, label, seed, args)
-                if key not in store.data["runs"]:
-                    jobs[key] = base.replace(**params, seed=seed).to_dict()
-    # Seed by seed (an interrupted run then has whole seeds), the long fits first in each.
-    order = sorted(jobs, key=lambda k: (jobs[k]["seed"], -COST.get(jobs[k]["method"], 1.0)))
-    print(f"{len(order)} fits to run ({args.workers} workers)", flush=True)
-    if order:
-        context = multiprocessing.get_context("spawn")
-        with futures.ProcessPoolExecutor(args.workers, mp_context=context,
-                                         initializer=_init_worker) as pool:
-            running = {pool.submit(fit_job, jobs[key]): key for key in order}
-            for done, future in enumerate(futures.as_completed(running), 1):
-                key = running[future]
-                store.data["runs"][key] = future.result()
-                store.save()
-                elapsed = time.perf_counter() - started
-                print(f"[{done}/{len(order)}] {key}: test "
-                      f"{store.data['runs'][key]['test_metric']:.4f} "
-                      f"({store.data['runs'][key]['seconds']:.0f}s; {elapsed / 60:.1f} min in)",
-                      flush=True)
+                jobs[key] = base.replace(**params, seed=seed).to_dict()
+    run_fits(jobs, store, workers=args.workers, cost=lambda c: COST.get(c["method"], 1.0))
 
     wall = time.perf_counter() - started
     store.data["last_wall_seconds"] = wall
@@ -413,6 +381,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         for label, row in table.items()},
                "std": {label: {t: s["std"] for t, s in row.items()}
                        for label, row in table.items()},
+               "paired": {label: {t: s["paired"] for t, s in row.items()}
+                          for label, row in table.items()},
                "searches": {k: {"best_config": v["best_config"],
                                 "best_valid_metric": v["best_valid_metric"]}
                             for k, v in store.data["searches"].items()},

@@ -15,9 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 HEADLINE_KEYS = {
-    "methods_table.py": {"tasks", "seeds", "epochs", "mean", "std", "searches", "wall_s"},
-    "search_efficiency.py": {"ratio", "target", "met", "per_seed", "plot", "wall_s"},
+    "methods_table.py": {"tasks", "seeds", "epochs", "mean", "std", "paired", "searches",
+                         "wall_s"},
+    "search_efficiency.py": {"ratio", "mean_ratio", "target", "met", "per_seed", "plot", "wall_s"},
     "search_scale.py": {"runs", "speedup", "memory_ratio", "load_before", "wall_s"},
+    "selection_quality.py": {"tasks", "objectives", "seeds", "results", "wall_s"},
     "peers.py": {"step_ms", "ratio_peft_over_ours", "ratio_two_pass_over_ours", "test_metric",
                  "wall_s"},
 }
