@@ -1,7 +1,7 @@
 """What a search ends with: `summarize` computes (pure), the writers only format.
 
-results.json (machine), results.md (a person), search.png (valid metric per epoch for
-every trial, and Optuna's hyperparameter importances).
+results.json (machine), results.md (a person); Optuna's own plots of the study are written
+by tune/study.py.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any, NamedTuple
 
 from infoprompt.errors import InfoPromptError
 
-__all__ = ["Summary", "TrialRow", "final_comparison", "final_stats", "final_table", "plot",
-           "summarize", "trial_rows", "write_json", "write_markdown"]
+__all__ = ["Summary", "TrialRow", "final_comparison", "final_stats", "final_table", "summarize",
+           "trial_rows", "write_json", "write_markdown"]
 
 
 class TrialRow(NamedTuple):
@@ -172,49 +172,3 @@ def write_markdown(summary: Summary, path: Path) -> None:
         cells += [str(t.epochs), _fmt(t.objective), _fmt(t.best_valid_metric), t.status]
         lines.append("| " + " | ".join(cells) + " |")
     path.write_text("\n".join(lines) + "\n")
-
-
-def importances(summary: Summary) -> dict[str, float]:
-    """Optuna's fANOVA importances over the finished trials (empty when too few)."""
-    import optuna
-
-    trials = [t for t in summary.trials if t.objective is not None]
-    names = sorted({k for t in trials for k in t.config})
-    if len(trials) < 3 or not names:
-        return {}
-    distributions = {}
-    for name in names:
-        values = [t.config[name] for t in trials]
-        distributions[name] = (
-            optuna.distributions.CategoricalDistribution(sorted(set(values)))
-            if all(isinstance(v, int) for v in values)
-            else optuna.distributions.FloatDistribution(min(values), max(values), log=True))
-    study = optuna.create_study(direction="maximize")
-    for t in trials:
-        study.add_trial(optuna.trial.create_trial(
-            params={k: t.config[k] for k in names}, distributions=distributions,
-            value=t.objective))
-    try:
-        return optuna.importance.get_param_importances(study)
-    except (RuntimeError, ValueError):  # e.g. every trial scored the same
-        return {}
-
-
-def plot(summary: Summary, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, (curves, bars) = plt.subplots(1, 2, figsize=(11, 4))
-    for t in summary.trials:
-        if t.curve:
-            curves.plot(range(1, len(t.curve) + 1), t.curve, marker=".", alpha=0.7)
-    curves.set(xlabel="epoch", ylabel=f"valid {summary.metric}",
-               title=f"{len(summary.trials)} trials ({summary.stopped_early} stopped by ASHA)")
-    weights = importances(summary)
-    bars.barh(list(weights), list(weights.values()))
-    bars.set(title="hyperparameter importance (Optuna fANOVA)", xlabel="importance")
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -20,7 +21,7 @@ from typing import Any
 from infoprompt.cli import ArgumentParser, add_config_arguments, guarded
 from infoprompt.errors import InfoPromptError
 from tune.connection import check_cluster, connect, default_concurrency
-from tune.experiment import experiment_path, load_settings, publish, save_settings
+from tune.experiment import experiment_path, is_uri, load_settings, publish, save_settings
 from tune.settings import SearchSettings, add_settings_arguments, resumed, settings_from_args
 from tune.space import SPACE, add_space_arguments, paper_point
 
@@ -90,15 +91,19 @@ def _test_metric(job: Any) -> float:
         raise
 
 
-def write_reports(summary: Any, storage: str, name: str) -> tuple[str, str]:
-    """results.json, results.md and search.png into the experiment folder; returns where,
-    and the Markdown."""
+def write_reports(summary: Any, storage: str, name: str, study_url: str) -> tuple[str, str]:
+    """results.json, results.md and Optuna's plots of the study into the experiment folder
+    (with a cloud storage path, the study's file too); returns where, and the Markdown."""
     from tune import report
+    from tune.study import STUDY_FILE, load_study, write_plots
 
     with tempfile.TemporaryDirectory() as folder:
+        notes = write_plots(load_study(study_url, name), Path(folder))
+        summary = summary._replace(search={**summary.search, "plots_left_out": notes})
         report.write_json(summary, Path(folder) / "results.json")
         report.write_markdown(summary, Path(folder) / "results.md")
-        report.plot(summary, Path(folder) / "search.png")
+        if is_uri(storage) and study_url.startswith("sqlite:///"):
+            shutil.copy2(study_url.removeprefix("sqlite:///"), Path(folder) / STUDY_FILE)
         return publish(Path(folder), storage, name), (Path(folder) / "results.md").read_text()
 
 
@@ -154,18 +159,21 @@ def search(settings: SearchSettings, *, given: set[str] = frozenset()) -> dict[s
             check_gpus(settings)
 
     from infoprompt.store import load_splits
+    from tune.study import warm_trials
 
+    warm = warm_trials(settings)  # refused before any work if it does not match
     splits = load_splits(settings.config, with_test=False)  # the search never reads test
     connect(settings.address)
     try:
-        return _search(settings, splits, storage, name, path)
+        return _search(settings, splits, storage, name, path, warm)
     finally:  # also for callers of search() in-process, and on errors
         ray.shutdown()
 
 
-def _search(settings: SearchSettings, splits: Any, storage: str, name: str,
-            path: str) -> dict[str, Any]:
+def _search(settings: SearchSettings, splits: Any, storage: str, name: str, path: str,
+            warm: list[Any]) -> dict[str, Any]:
     from tune import report
+    from tune.study import prepare_study, study_storage
     from tune.tuner import build_tuner, restore_tuner
 
     cfg = settings.config
@@ -174,13 +182,19 @@ def _search(settings: SearchSettings, splits: Any, storage: str, name: str,
     concurrent = settings.max_concurrent or default_concurrency(
         num_samples=settings.num_samples, cpus_per_trial=settings.cpus_per_trial,
         gpus_per_trial=settings.gpus_per_trial)
+    if settings.address:
+        # With a searcher Tune keeps one trial pending by default, so an autoscaling cluster
+        # would start one worker at a time (cluster/README.md, "Scaling up").
+        os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(concurrent))
+    study_url = study_storage(settings, storage, name)
+    prepare_study(settings, study_url, name, warm)
     if settings.resume:
         print(f"resuming {path}", flush=True)
         tuner = restore_tuner(path, settings, splits)
     else:
         save_settings(settings, storage, name)
         tuner = build_tuner(settings, splits, storage_path=storage, name=name,
-                            max_concurrent=concurrent)
+                            max_concurrent=concurrent, study_url=study_url)
     started = time.perf_counter()
     grid = tuner.fit()
     rows = report.trial_rows(grid, cfg.epochs)
@@ -188,18 +202,19 @@ def _search(settings: SearchSettings, splits: Any, storage: str, name: str,
                                method=cfg.method.value, trials=rows, final={},
                                search=search_record(settings, concurrent))
     # Written now and again after the final evaluation: a failure there loses no search.
-    target, markdown = write_reports(summary, storage, name)
+    target, markdown = write_reports(summary, storage, name, study_url)
     if settings.final_seeds:
         configs = {"best": summary.best_config, "default": paper_point(cfg, settings.space)}
         final = final_evaluation(settings, configs)
         final.update(report.final_comparison(final["best"]["per_seed"],
                                              final["default"]["per_seed"]))
         summary = summary._replace(final=final)
-        target, markdown = write_reports(summary, storage, name)
+        target, markdown = write_reports(summary, storage, name, study_url)
     print("\n" + markdown)
     print(f"{len(rows)} trials, {summary.stopped_early} stopped early by ASHA, "
           f"{time.perf_counter() - started:.0f}s. Results: {target}/results.md\n"
-          f"TensorBoard: tensorboard --logdir {path}")
+          f"TensorBoard: tensorboard --logdir {path}\n"
+          f"Optuna dashboard: optuna-dashboard {study_url}")
     return {"path": target, "summary": summary}
 
 

@@ -50,6 +50,13 @@ class SearchSettings:
     n_startup_trials: int | None = _field(None, "TPE: trials sampled at random before it "
                                                 "models the space (default: a quarter of "
                                                 "--num-samples, at least 2)", "search")
+    warm_start: str | None = _field(None, "an earlier experiment (folder, or name under "
+                                          "--storage-path) whose finished trials seed this "
+                                          "search's study; its task and space must match",
+                                    "search")
+    optuna_storage: str | None = _field(None, "database URL for the Optuna study "
+                                              "(postgresql://…, mysql://…; default: optuna.db "
+                                              "in the experiment folder)", "search")
 
     # --- Ray ---
     address: str | None = _field(None, "running Ray cluster to join ('auto' on a cluster "

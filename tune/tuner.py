@@ -69,14 +69,17 @@ def _trainable(settings: SearchSettings, splits: Splits) -> Any:
 
 
 def build_tuner(settings: SearchSettings, splits: Splits, *, storage_path: str, name: str,
-                max_concurrent: int, searcher: Any = None,
+                max_concurrent: int, study_url: str | None = None, searcher: Any = None,
                 scheduler: Any = None) -> ray.tune.Tuner:
     """The search of docs/design.md; `searcher` and `scheduler` replace TPE and ASHA
-    (benchmarks)."""
+    (benchmarks). `study_url`: the database of the Optuna study (tune/study.py), whose
+    name is the experiment's."""
     cfg = settings.config
     first = default_point(cfg, settings.space)
-    searcher = searcher or OptunaSearch(sampler=tpe_sampler(settings, max_concurrent),
-                                        points_to_evaluate=[first] if first else None)
+    searcher = searcher or OptunaSearch(
+        sampler=tpe_sampler(settings, max_concurrent),
+        points_to_evaluate=[first] if first else None, study_name=name,
+        storage=optuna.storages.RDBStorage(study_url) if study_url else None)
     scheduler = scheduler or ASHAScheduler(time_attr="epoch", max_t=cfg.epochs,
                                            grace_period=settings.grace_period,
                                            reduction_factor=settings.reduction_factor)

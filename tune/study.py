@@ -1,0 +1,199 @@
+"""The search's Optuna study in a real database, so that Optuna and optuna-dashboard open it.
+
+By default an SQLite file, optuna.db, in the experiment folder (only the driver writes it;
+with a cloud --storage-path it is kept in a local folder and published with the rest of
+the experiment); `--optuna-storage URL` takes a PostgreSQL or MySQL database instead. The
+study's name is the experiment's. `--warm-start EXPERIMENT` copies an earlier search's
+finished trials into a new study, so its sampler starts from what is known.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+from infoprompt.errors import InfoPromptError
+from tune.experiment import SETTINGS, is_uri, load_settings, storage_root
+from tune.settings import SearchSettings
+from tune.space import searched_fields
+
+__all__ = ["STUDY_FILE", "load_study", "prepare_study", "study_storage", "warm_trials",
+           "write_plots"]
+
+STUDY_FILE = "optuna.db"
+# Optuna's own plots, saved beside results.json: file -> what it shows.
+PLOTS = {"optimization_history.png": "plot_optimization_history",
+         "intermediate_values.png": "plot_intermediate_values",
+         "parallel_coordinate.png": "plot_parallel_coordinate",
+         "param_importances.png": "plot_param_importances"}
+
+
+def _experiment_study_file(storage: str, name: str) -> Path:
+    """Where optuna.db lives while the search runs: the experiment folder, or a local
+    staging folder for a cloud experiment (SQLite needs a local file)."""
+    if not is_uri(storage):
+        return Path(storage) / name / STUDY_FILE
+    digest = hashlib.sha256(f"{storage.rstrip('/')}/{name}".encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / "infoprompt-optuna" / digest / STUDY_FILE
+
+
+def study_storage(settings: SearchSettings, storage: str, name: str) -> str:
+    """The study's database URL."""
+    if settings.optuna_storage:
+        return settings.optuna_storage
+    path = _experiment_study_file(storage, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_uri(storage) and settings.resume and not path.exists():
+        _download(f"{storage.rstrip('/')}/{name}/{STUDY_FILE}", path)
+    return f"sqlite:///{path}"
+
+
+def _download(uri: str, path: Path) -> None:
+    import pyarrow.fs
+
+    try:
+        pyarrow.fs.copy_files(uri, str(path))
+    except OSError:  # an experiment from before the study was persisted: a new file
+        pass
+
+
+def _shown(url: str) -> str:
+    """A database URL without its password."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def prepare_study(settings: SearchSettings, url: str, name: str,
+                  warm: list[Any] = ()) -> None:
+    """Create the study (with the warm-start trials), refusing a name already taken unless
+    the search is resumed."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        exists = name in optuna.study.get_all_study_names(storage=url)
+    except Exception as error:  # noqa: BLE001 - SQLAlchemy raises many kinds
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
+        raise InfoPromptError(f"--optuna-storage {_shown(url)}: cannot open it ({reason}); "
+                              "give a reachable database URL (sqlite:///…, postgresql://…, "
+                              "mysql://…)") from None
+    if settings.resume:
+        return
+    if exists:
+        raise InfoPromptError(f"an Optuna study named {name!r} already exists in "
+                              f"{_shown(url)}; choose another --name, or pass --resume to "
+                              "continue that search")
+    study = optuna.create_study(storage=url, study_name=name, direction="maximize")
+    if warm:
+        study.add_trials(warm)
+
+
+def warm_trials(settings: SearchSettings) -> list[Any]:
+    """The finished trials of the search named by --warm-start, if its task and search space
+    match this one's (else one line saying what differs)."""
+    if not settings.warm_start:
+        return []
+    import optuna
+
+    given = settings.warm_start
+    folder = (given if is_uri(given) or Path(given).expanduser().is_dir()
+              else f"{storage_root(settings.storage_path).rstrip('/')}/{given}")
+    folder = folder if is_uri(folder) else str(Path(folder).expanduser().resolve())
+    earlier = load_settings(folder)
+    if earlier is None:
+        raise InfoPromptError(f"--warm-start {given}: no search at {folder} (expected its "
+                              f"{SETTINGS}); give an experiment folder or name")
+    cfg, before = settings.config, earlier.config
+    differ = [f"{what} {old} (now {new})" for what, old, new in (
+        ("task", before.task, cfg.task), ("method", before.method.value, cfg.method.value),
+        ("objective", earlier.objective.value, settings.objective.value))
+        if old != new]
+    ours = {n: settings.space[n] for n in searched_fields(cfg, settings.space)}
+    theirs = {n: earlier.space[n] for n in searched_fields(before, earlier.space)}
+    if ours != theirs:
+        differ.append(f"search space {_describe(theirs)} (now {_describe(ours)})")
+    if differ:
+        raise InfoPromptError(f"--warm-start {given}: that search does not match this one: "
+                              "it has " + "; ".join(differ))
+    name = Path(folder.rstrip("/")).name
+    study = load_study(f"sqlite:///{_local_copy(folder)}", name)
+    return [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+
+
+def _describe(space: dict[str, Any]) -> str:
+    return "{" + ", ".join(f"{n}: {' '.join(map(str, e.values))}" for n, e in space.items()) + "}"
+
+
+def _local_copy(folder: str) -> Path:
+    if not is_uri(folder):
+        path = Path(folder) / STUDY_FILE
+    else:
+        path = Path(tempfile.mkdtemp(prefix="infoprompt-warm-")) / STUDY_FILE
+        _download(f"{folder.rstrip('/')}/{STUDY_FILE}", path)
+    if not path.exists():
+        raise InfoPromptError(f"--warm-start: {folder} has no {STUDY_FILE} (a search from "
+                              "before studies were saved); start without --warm-start")
+    return path
+
+
+def load_study(url: str, name: str) -> Any:
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def write_plots(study: Any, folder: Path) -> list[str]:
+    """Optuna's matplotlib plots of the study as PNGs in `folder`; returns a note for each
+    plot left out (and why)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as plots
+
+    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    notes = []
+    for file, function in PLOTS.items():
+        kwargs: dict[str, Any] = {}
+        if function == "plot_param_importances":
+            evaluator = optuna.importance.PedAnovaImportanceEvaluator()  # Optuna's default
+            reason = _importance_problem(study, evaluator, len(finished))
+            if reason:
+                notes.append(f"{file} left out: {reason}")
+                continue
+            kwargs["evaluator"] = evaluator
+        elif not finished:
+            notes.append(f"{file} left out: no finished trial")
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the matplotlib backend is "experimental"
+            axes = getattr(plots, function)(study, **kwargs)
+        if function == "plot_param_importances":
+            axes.set_title(f"Hyperparameter importances ({type(kwargs['evaluator']).__name__}, "
+                           f"{len(finished)} finished trials)")
+        axes.figure.set_size_inches(9, 5)
+        axes.figure.tight_layout()
+        axes.figure.savefig(folder / file, dpi=100)
+        plt.close(axes.figure)
+    return notes
+
+
+def _importance_problem(study: Any, evaluator: Any, finished: int) -> str | None:
+    """Why the importances would mean nothing, or None."""
+    import optuna
+
+    if finished < 2:
+        return (f"{type(evaluator).__name__} needs at least 2 finished trials, this search "
+                f"has {finished}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        optuna.importance.get_param_importances(study, evaluator=evaluator)
+    equal = [str(w.message) for w in caught if "will be equal" in str(w.message)]
+    if equal:
+        return f"{type(evaluator).__name__}: {equal[0]} ({finished} finished trials)"
+    return None
