@@ -246,6 +246,8 @@ def test_search_runs_on_both_workers_with_data_from_the_object_store(cluster, tm
                                   cache=private_cache)], tmp_path / "logs")
     assert driver.wait(timeout=240) == 0, driver.tail()
     assert "test hook: deleted the store" in driver.err.read_text()
+    # An autoscaler would be asked for both trials' resources at once, not one by one.
+    assert "(TUNE_MAX_PENDING_TRIALS_PG=2)" in driver.out.read_text()
 
     summary = read_results(storage / name)
     assert [t["status"] for t in summary["trials"]] == ["completed"] * 2, summary["trials"]

@@ -185,7 +185,10 @@ def _search(settings: SearchSettings, splits: Any, storage: str, name: str, path
     if settings.address:
         # With a searcher Tune keeps one trial pending by default, so an autoscaling cluster
         # would start one worker at a time (cluster/README.md, "Scaling up").
-        os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(concurrent))
+        pending = os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(concurrent))
+        print(f"cluster: up to {pending} trials may wait for resources at once "
+              f"(TUNE_MAX_PENDING_TRIALS_PG={pending}), so the autoscaler is asked for them "
+              "together", flush=True)
     study_url = study_storage(settings, storage, name)
     prepare_study(settings, study_url, name, warm)
     if settings.resume:
