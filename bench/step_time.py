@@ -192,7 +192,7 @@ def epoch_times(args: argparse.Namespace, cache_dir: str) -> dict:
                     ["input_ids"].shape[1]
                     for order in [epoch_order(cfg.seed, 0, len(dynamic.train_data))]
                     for s in range(0, len(order), cfg.batch_size)]
-    valid_tokens = max(map(len, dynamic.valid_data.input_ids))
+    valid_tokens = int(dynamic.valid_data.host_lengths.max())
     out = {name: {"epoch_s": statistics.median(values), "all_s": values}
            for name, values in seconds.items()}
     out["fixed"]["tokens_per_batch"] = cfg.max_length
