@@ -52,8 +52,8 @@ def gpu_memory_fraction(share: float, device: torch.device) -> float | None:
 def cap_gpu_memory(share: float, device: torch.device) -> float | None:
     """Under fractional GPUs (`--gpus-per-trial 0.25`) Ray only counts; nothing stops one
     trial from taking the whole GPU's memory and failing the others with out-of-memory.
-    Caps torch's caching allocator at the trial's share (the CUDA context, ~0.5 GB a
-    process, is outside it) and returns the fraction set, or None."""
+    Caps torch's caching allocator at the trial's share (the process's CUDA context is
+    outside it) and returns the fraction set, or None."""
     fraction = gpu_memory_fraction(share, device)
     if fraction is not None:  # torch wants an index: "cuda" alone is the current device
         index = torch.cuda.current_device() if device.index is None else device.index
