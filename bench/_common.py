@@ -45,14 +45,14 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 def bench_config(args: argparse.Namespace, **fields: Any):
     """The InfoPromptConfig every benchmark starts from: the script's --model, --data-dir
-    and --cache-dir (where it has them), on CPU, with `fields` on top."""
+    and --cache-dir (where it has them), on CPU, with `fields` (a `device` too) on top."""
     from infoprompt.config import InfoPromptConfig
 
     given = {name: getattr(args, name) for name in ("model", "data_dir", "cache_dir")
              if getattr(args, name, None) is not None}
     if fields.get("task", "demo") == "demo":
         given.pop("data_dir", None)  # generated: no data folder
-    return InfoPromptConfig(device="cpu", **{**given, **fields})
+    return InfoPromptConfig(**{"device": "cpu", **given, **fields})
 
 
 def command_line() -> str:

@@ -122,14 +122,16 @@ def trial_timings(experiment: Path) -> list[dict[str, Any]]:
     return trials
 
 
-def run_search(args: argparse.Namespace, concurrency: int, storage: str) -> dict[str, Any]:
+def run_search(args: argparse.Namespace, concurrency: int, storage: str, *,
+               cpus_per_trial: float = 1, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One search as a child process; `extra`: more flags (bench/gpu_check.py: GPUs)."""
     name = f"bench-scale-c{concurrency}-{time.strftime('%Y%m%d-%H%M%S')}"
     command = [sys.executable, str(ROOT / "tune" / "search.py"), "--task", args.task,
                "--shots", str(args.shots), "--model", "minilm", "--cache-dir", args.cache_dir,
                "--num-samples", str(args.num_samples), "--epochs", str(args.epochs),
                "--grace-period", str(args.epochs), "--final-seeds", "0", "--seed", "0",
-               "--max-concurrent", str(concurrency), "--cpus-per-trial", "1",
-               "--storage-path", storage, "--name", name]
+               "--max-concurrent", str(concurrency), "--cpus-per-trial", f"{cpus_per_trial:g}",
+               "--storage-path", storage, "--name", name, *extra]
     if args.task != "demo" and args.data_dir:
         command += ["--data-dir", args.data_dir]
     print("running: " + " ".join(command), flush=True)

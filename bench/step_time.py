@@ -4,6 +4,8 @@ own forward+backward, and what the stored prompt-free features buy.
     python bench/step_time.py                 # print the figures (one JSON line at the end)
     python bench/step_time.py --out           # ... and write them to BENCHMARKS.md
     python bench/step_time.py --smoke         # a few steps of everything (CI: tests/)
+    python bench/step_time.py --device cuda --task demo --parts steps   # on a GPU (see
+                                              # bench/gpu_check.sh); never writes
 
 Four measurements, one process (the reader check spawns two more):
 
@@ -20,6 +22,11 @@ Four measurements, one process (the reader check spawns two more):
    empty cache folder, and reading it back (a cache hit).
 4. A second concurrent reader of that store: two processes memory-map the same files; each
    reports its private (USS) and shared memory before and after touching every table page.
+   Host memory only: skipped with --device cuda.
+
+`--parts` runs a subset; `--task demo` times the train step on the generated task (no GLUE
+needed; the batch is padded to 64 tokens all the same). On CUDA every timing synchronizes
+the device before and after.
 """
 
 from __future__ import annotations
@@ -57,6 +64,7 @@ KEY = "bench/step_time.py"  # its section of BENCHMARKS.md
 SECTION = "## Step time and the Arrow store"
 KINDS = ("floor", "step", "naive")
 DTYPES = ("fp32", "bf16")
+PARTS = ("steps", "epoch", "store", "memory")
 
 # Targets of the "Arrow store" issue.
 STEP_OVER_FLOOR_MAX = 1.10
@@ -90,32 +98,43 @@ def summary(samples: list[float]) -> dict[str, float]:
 # --- 1. train step --------------------------------------------------------------------------
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work: CUDA kernels run asynchronously to the host."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def floor_step(training: Training, batch: dict[str, torch.Tensor]) -> float:
     """The frozen encoder's forward+backward on the prompted batch; returns seconds."""
     encoder = training.model.encoder
     with torch.no_grad():
         embeds = encoder.get_input_embeddings()(batch["input_ids"])
     embeds.requires_grad_(True)  # a leaf, like the prompts' path into the encoder
-    rows = torch.arange(len(batch["mask_pos"]))
+    rows = torch.arange(len(batch["mask_pos"]), device=embeds.device)
+    sync(training.device)
     started = time.perf_counter()
     with training.autocast():
         hidden = encoder(inputs_embeds=embeds,
                          attention_mask=batch["attention_mask"]).last_hidden_state
     hidden[rows, batch["mask_pos"]].float().sum().backward()
+    sync(training.device)
     return time.perf_counter() - started
 
 
 def train_step(training: Training, rows: list[int]) -> float:
     """One `Training.step` as `epochs()` runs it (batching included); returns seconds."""
+    sync(training.device)
     started = time.perf_counter()
     training.step(training.batch(training.train_data, rows))
+    sync(training.device)
     return time.perf_counter() - started
 
 
 def step_times(args: argparse.Namespace, cache_dir: str) -> list[dict]:
     iterations = args.warmup + args.steps
-    base = bench_config(args, task="sst2", shots=64, max_length=64, cache_dir=cache_dir,
-                        batch_size=8, epochs=max(30, math.ceil(iterations / 8) + 1))
+    base = bench_config(args, task=args.task, shots=64, max_length=64, cache_dir=cache_dir,
+                        batch_size=8, epochs=max(30, math.ceil(iterations / 8) + 1),
+                        device=args.device)
     splits = load_splits(base, with_test=False, log=quiet)
     trainings = {}
     for dtype in DTYPES:
@@ -173,7 +192,7 @@ def _batches(training: Training, count: int) -> list[list[int]]:
 def epoch_times(args: argparse.Namespace, cache_dir: str) -> dict:
     warm, reps = (0, 1) if args.smoke else (1, 3)
     cfg = bench_config(args, task="cola", shots=16 if args.smoke else 64, max_length=128,
-                       cache_dir=cache_dir, epochs=warm + reps)
+                       cache_dir=cache_dir, epochs=warm + reps, device=args.device)
     splits = load_splits(cfg, with_test=False, log=quiet)
     runs = {"fixed": BenchTraining(cfg, splits, pad_to=cfg.max_length),
             "dynamic": BenchTraining(cfg, splits, pad_to=None)}
@@ -192,7 +211,7 @@ def epoch_times(args: argparse.Namespace, cache_dir: str) -> dict:
                     ["input_ids"].shape[1]
                     for order in [epoch_order(cfg.seed, 0, len(dynamic.train_data))]
                     for s in range(0, len(order), cfg.batch_size)]
-    valid_tokens = max(map(len, dynamic.valid_data.input_ids))
+    valid_tokens = int(dynamic.valid_data.host_lengths.max())
     out = {name: {"epoch_s": statistics.median(values), "all_s": values}
            for name, values in seconds.items()}
     out["fixed"]["tokens_per_batch"] = cfg.max_length
@@ -213,7 +232,8 @@ def store_build(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
     builds, hits, paths, rows = [], [], {}, {}
     for _ in range(repeats):
         cache = tempfile.mkdtemp(prefix="bench-store-")
-        cfg = bench_config(args, task="cola", shots=64, max_length=128, cache_dir=cache)
+        cfg = bench_config(args, task="cola", shots=64, max_length=128, cache_dir=cache,
+                           device=args.device)
         started = time.perf_counter()
         splits = load_splits(cfg, with_test=with_test, log=quiet)
         builds.append(time.perf_counter() - started)
@@ -456,6 +476,12 @@ def main(argv: list[str] | None = None) -> dict | None:
                         help="GLUE folder with CoLA/ and SST-2/ (default: $INFOPROMPT_GLUE_DIR, "
                              "else the Hugging Face hub)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument("--device", default="cpu",
+                        help="device of the train-step runs: cpu (default), cuda, cuda:N")
+    parser.add_argument("--task", default="sst2", choices=("sst2", "demo"),
+                        help="task of the train-step part (default sst2; demo needs no GLUE)")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="which measurements (default: all; memory is skipped on cuda)")
     parser.add_argument("--out", nargs="?", type=Path, const=BENCHMARKS,
                         default=None, metavar="FILE",
                         help="write the section to FILE (default BENCHMARKS.md at the repo)")
@@ -474,29 +500,49 @@ def main(argv: list[str] | None = None) -> dict | None:
         parser.error("--steps must be >= 1 and --warmup >= 0")
     if args.data_dir is not None and not Path(args.data_dir).is_dir():
         parser.error(f"--data-dir {args.data_dir} does not exist (needs CoLA/ and SST-2/)")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}, but torch sees no CUDA GPU here")
+    parts = [p for p in PARTS if p in args.parts]
+    if device.type != "cpu" and "memory" in parts:
+        log("reader memory: host memory of two CPU readers, not a device figure; skipped")
+        parts.remove("memory")
+    if args.out is not None and (parts != list(PARTS) or device.type != "cpu"
+                                 or args.task != "sst2"):
+        parser.error("--out writes the CPU section of BENCHMARKS.md: it needs every part, "
+                     "--device cpu and --task sst2")
     torch.set_num_threads(args.threads)
     command = shlex.join(["python", "bench/step_time.py", *(argv if argv is not None
                                                            else sys.argv[1:])])
     load_start = loadavg()
     log(f"load average {load_start}")
-    with tempfile.TemporaryDirectory(prefix="bench-step-") as cache:
-        steps = step_times(args, cache)
-        epoch = epoch_times(args, cache)
-    store, paths = store_build(args)
-    mem = reader_memory(args, paths)
-    by = {r["dtype"]: r for r in steps}
     result = {
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d"),
-        "steps": args.steps, "warmup": args.warmup, "model": args.model,
-        "step_time": steps,
-        "bf16_over_fp32": {k: by["bf16"][f"{k}_ms"] / by["fp32"][f"{k}_ms"] for k in KINDS},
-        "cola_epoch": epoch, "store_build": store, "reader_memory": mem,
-        "environment": {"torch": torch.__version__, "threads": torch.get_num_threads(),
-                        "cores": os.cpu_count(), "cpu": cpu_name(),
-                        "loadavg_start": load_start, "loadavg_end": loadavg(),
-                        "quiet": load_start is None or load_start[0] < 1.0},
+        "steps": args.steps, "warmup": args.warmup, "model": args.model, "task": args.task,
+        "device": str(device), "parts": parts,
     }
-    result["targets"] = targets(steps)
+    with tempfile.TemporaryDirectory(prefix="bench-step-") as cache:
+        if "steps" in parts:
+            steps = step_times(args, cache)
+            by = {r["dtype"]: r for r in steps}
+            result["step_time"] = steps
+            result["bf16_over_fp32"] = {k: by["bf16"][f"{k}_ms"] / by["fp32"][f"{k}_ms"]
+                                        for k in KINDS}
+            result["targets"] = targets(steps)
+        if "epoch" in parts:
+            result["cola_epoch"] = epoch_times(args, cache)
+    if "store" in parts or "memory" in parts:
+        result["store_build"], paths = store_build(args)
+        if "memory" in parts:
+            result["reader_memory"] = reader_memory(args, paths)
+    result["environment"] = {
+        "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "cores": os.cpu_count(), "cpu": cpu_name(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "loadavg_start": load_start, "loadavg_end": loadavg(),
+        "quiet": load_start is None or load_start[0] < 1.0}
+    if "memory" in parts and "store" not in parts:
+        del result["store_build"]  # built only to be read; not a figure asked for
     if args.out is not None and not args.smoke:
         write_section(KEY, markdown(result, command), args.out)
         log(f"wrote '{SECTION}' to {args.out}")

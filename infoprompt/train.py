@@ -76,8 +76,9 @@ class Training:
         self.model = InfoPromptModel(cfg, load_encoder(cfg.model, attn_implementation=attention),
                                      splits.task.num_labels)
         self.model.to(self.device)
-        self.train_data = SplitTensors.from_table(splits.train)
-        self.valid_data = SplitTensors.from_table(splits.valid)
+        # On the device once per run: a batch then indexes there and copies nothing over.
+        self.train_data = SplitTensors.from_table(splits.train).to(self.device)
+        self.valid_data = SplitTensors.from_table(splits.valid).to(self.device)
         self.steps_per_epoch = math.ceil(len(self.train_data) / cfg.batch_size)
         self.optimizer = _adamw(self._param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.scheduler = linear_schedule(self.optimizer, cfg, self.steps_per_epoch * cfg.epochs)
@@ -107,7 +108,8 @@ class Training:
     def batch(self, split: SplitTensors, rows: list[int], *,
               pad_to: int | None = None) -> dict[str, torch.Tensor]:
         """Rows of a split as a batch on the run's device, padded to its longest row (or to
-        `pad_to`); methods without prompts get the prompt-free template."""
+        `pad_to`); methods without prompts get the prompt-free template. The run's own splits
+        live on its device already (`.to` is then a no-op); another split is copied."""
         batch = make_batch(split, rows, n_prompts=self.cfg.n_prompts,
                            with_prompts=self.cfg.method.uses_prompts, pad_to=pad_to)
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
@@ -210,7 +212,7 @@ class Training:
             raise ValueError("these splits carry no test table")
         if self.best_state is not None:
             self.model.load_state_dict(self.best_state, strict=False)
-        return self.evaluate(SplitTensors.from_table(self.splits.test))
+        return self.evaluate(SplitTensors.from_table(self.splits.test).to(self.device))
 
     # --- checkpoints --------------------------------------------------------------------
     def state(self, *, with_best: bool = True) -> dict[str, Any]:

@@ -109,3 +109,22 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+# --- GPU-only tests --------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` need a CUDA GPU: without one each is skipped, with that reason
+    (`bash bench/gpu_check.sh` runs them on one)."""
+    marked = [item for item in items if item.get_closest_marker("cuda")]
+    if not marked:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU and torch sees none; "
+                                   "`bash bench/gpu_check.sh` runs it on one")
+    for item in marked:
+        item.add_marker(skip)

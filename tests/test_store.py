@@ -337,7 +337,10 @@ def test_make_batch_pads_to_the_longest_row_unless_told(demo_store_16, minilm_to
 
     cfg, splits = demo_store_16
     data = SplitTensors.from_table(splits.train)
-    lengths = [len(ids) for ids in data.input_ids]
+    stored_ids = splits.train.column("input_ids").to_pylist()
+    stored_text = splits.train.column("text_ids").to_pylist()
+    lengths = [len(ids) for ids in stored_ids]
+    assert data.lengths.tolist() == lengths and data.input_ids.shape == (len(data), max(lengths))
     rows = sorted(range(len(data)), key=lengths.__getitem__)[:3]  # the three shortest
     longest = max(lengths[i] for i in rows)
     assert longest < max(lengths) < cfg.max_length
@@ -346,10 +349,11 @@ def test_make_batch_pads_to_the_longest_row_unless_told(demo_store_16, minilm_to
     assert batch["input_ids"].shape == (3, longest)
     assert batch["attention_mask"].sum(1).tolist() == [lengths[i] for i in rows]
     for k, i in enumerate(rows):
-        assert batch["input_ids"][k, :lengths[i]].tolist() == data.input_ids[i]
-    text_longest = max(len(data.text_ids[i]) for i in rows)
+        assert batch["input_ids"][k, :lengths[i]].tolist() == stored_ids[i]
+        assert not batch["input_ids"][k, lengths[i]:].any()
+    text_longest = max(len(stored_text[i]) for i in rows)
     assert batch["text_ids"].shape == (3, text_longest)
-    assert batch["text_mask"].sum(1).tolist() == [len(data.text_ids[i]) for i in rows]
+    assert batch["text_mask"].sum(1).tolist() == [len(stored_text[i]) for i in rows]
     assert torch.equal(batch["p_free"], data.p_free[rows])
 
     fixed = make_batch(data, rows, n_prompts=cfg.n_prompts, with_prompts=True,

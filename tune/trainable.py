@@ -8,6 +8,7 @@ restarted trial (node loss, `--resume`) continues from `ray.tune.get_checkpoint(
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import tempfile
 from pathlib import Path
@@ -22,10 +23,11 @@ import torch
 from infoprompt.config import InfoPromptConfig
 from infoprompt.errors import InfoPromptError
 from infoprompt.store import Splits
-from infoprompt.train import Training, fit
+from infoprompt.train import Training, fit, resolve_device
 from tune.objective import Objective, objective_value
 
-__all__ = ["final_fit", "rotations", "trainable"]
+__all__ = ["cap_gpu_memory", "final_fit", "gpu_memory_fraction", "release_memory", "rotations",
+           "trainable"]
 
 STATE_FILE = "state.pt"
 PER_RUN_ONLY = {"best_valid_metric", "best_epoch"}
@@ -38,17 +40,60 @@ def _mean(records: tuple[dict[str, Any], ...]) -> dict[str, Any]:
             for name in records[0] if name not in PER_RUN_ONLY}
 
 
+def gpu_memory_fraction(share: float, device: torch.device) -> float | None:
+    """The cap on this process's CUDA memory for a trial holding `share` of a GPU: the share
+    itself when it is a fraction and the trial runs on CUDA, else None (no cap: a whole GPU,
+    or CPU)."""
+    if device.type != "cuda" or not 0 < share < 1:
+        return None
+    return float(share)
+
+
+def cap_gpu_memory(share: float, device: torch.device) -> float | None:
+    """Under fractional GPUs (`--gpus-per-trial 0.25`) Ray only counts; nothing stops one
+    trial from taking the whole GPU's memory and failing the others with out-of-memory.
+    Caps torch's caching allocator at the trial's share (the process's CUDA context is
+    outside it) and returns the fraction set, or None."""
+    fraction = gpu_memory_fraction(share, device)
+    if fraction is not None:  # torch wants an index: "cuda" alone is the current device
+        index = torch.cuda.current_device() if device.index is None else device.index
+        torch.cuda.set_per_process_memory_fraction(fraction, index)
+    return fraction
+
+
+def release_memory(device: torch.device, held: list) -> None:
+    """End of a trial: Tune reuses the worker process for the next trial (reuse_actors), so
+    drop this one's models and optimizer states and hand the CUDA cache back (other trials
+    on the same GPU can use it)."""
+    held.clear()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def trainable(params: dict[str, Any], *, base: InfoPromptConfig, splits: Splits,
               cv_folds: int = 1, objective: Objective = Objective.BEST) -> None:
     cfg = base.replace(**params)
+    resources = ray.tune.get_context().get_trial_resources().required_resources
     # One Ray CPU is one thread: more would oversubscribe the node's cores.
-    cpus = ray.tune.get_context().get_trial_resources().required_resources.get("CPU", 1)
-    torch.set_num_threads(max(1, int(cpus)))
+    torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
+    device = resolve_device(cfg.device)
+    cap_gpu_memory(resources.get("GPU", 0), device)
+    runs: list[Training] = []
+    try:
+        _train(cfg, splits, cv_folds, objective, runs)
+    finally:  # also when ASHA stops the trial (report raises SystemExit) or it diverges
+        release_memory(device, runs)
 
+
+def _train(cfg: InfoPromptConfig, splits: Splits, cv_folds: int, objective: Objective,
+           runs: list[Training]) -> None:
+    """The trial's work; `runs` is the caller's, so that it can drop them however this ends."""
     folds = rotations(splits, cv_folds, seed=cfg.seed) if cv_folds > 1 else [splits]
     states = _restored_states()
-    runs = [Training(cfg, fold, resume=states[i] if states else None)
-            for i, fold in enumerate(folds)]
+    runs.extend(Training(cfg, fold, resume=states[i] if states else None)
+                for i, fold in enumerate(folds))
+    del states  # loaded into the runs
     # Folds train in lockstep so that every report is the mean over all folds at one epoch.
     # A NaN/inf loss raises infoprompt.train.Diverged out of here, on purpose: Ray marks the
     # trial ERROR and tells Optuna error=True with no value (FAIL; a reported NaN or a result
@@ -102,6 +147,11 @@ def _restored_states() -> list[dict] | None:
 
 def final_fit(cfg: InfoPromptConfig, splits: Splits) -> dict[str, Any]:
     """One seed of the final evaluation, as a Ray task: train to the end, score test."""
-    cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1)
-    torch.set_num_threads(max(1, int(cpus)))
-    return fit(cfg, splits)
+    resources = ray.get_runtime_context().get_assigned_resources()
+    torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
+    device = resolve_device(cfg.device)
+    cap_gpu_memory(resources.get("GPU", 0), device)
+    try:
+        return fit(cfg, splits)
+    finally:  # Ray reuses the worker process for the next task
+        release_memory(device, [])
