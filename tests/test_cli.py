@@ -132,6 +132,12 @@ BAD_INPUTS = {
     "shots-not-a-number": (["--shots", "many"], "shots"),
     "unknown-flag": (["--no-such-flag"], "--no-such-flag"),
     "negative-seed": (["--seed", "-1"], "seed must be an integer >= 0, got -1"),
+    # MiniLM's position embeddings hold 512 tokens; 2048 failed inside the encoder.
+    "max-length-above-the-encoder": (["--max-length", "2048"],
+                                     "--max-length 2048 is more than minilm takes (512 tokens)"),
+    # The store, when it must be built, is checked before anything is encoded.
+    "cache-dir-is-a-file": (["--cache-dir", "{file}"], "is not a folder"),
+    "cache-dir-unwritable": (["--cache-dir", "{unwritable}/cache"], "cannot be written"),
 }
 
 
