@@ -135,7 +135,10 @@ BAD_INPUTS = {
     # MiniLM's position embeddings hold 512 tokens; 2048 failed inside the encoder.
     "max-length-above-the-encoder": (["--max-length", "2048"],
                                      "--max-length 2048 is more than minilm takes (512 tokens)"),
-    # The store, when it must be built, is checked before anything is encoded.
+    # --out, and the store when it must be built, are checked before any data loads: they
+    # used to fail only at the end of training (--out) or after the first split was encoded.
+    "out-under-a-file": (["--out", "{file}/out"], "which is not a folder"),
+    "out-unwritable": (["--out", "{unwritable}/out"], "cannot be written"),
     "cache-dir-is-a-file": (["--cache-dir", "{file}"], "is not a folder"),
     "cache-dir-unwritable": (["--cache-dir", "{unwritable}/cache"], "cannot be written"),
 }
