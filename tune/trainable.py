@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from infoprompt.errors import InfoPromptError
 from infoprompt.store import Splits
 from infoprompt.train import Training, fit
 
-__all__ = ["final_fit", "rotations", "trainable"]
+__all__ = ["final_fit", "load_states", "rotations", "trainable"]
 
 STATE_FILE = "state.pt"
 PER_RUN_ONLY = {"best_valid_metric", "best_epoch"}
@@ -88,7 +89,18 @@ def _restored_states() -> list[dict] | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
-        return torch.load(os.path.join(folder, STATE_FILE), weights_only=False)
+        return load_states(os.path.join(folder, STATE_FILE))
+
+
+def load_states(path: str) -> list[dict]:
+    """A trial's state.pt: tensors and plain data only. weights_only=True unpickles nothing
+    else, so a tampered file cannot run code on --resume (Training.state() needs no more)."""
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as error:
+        reason = (str(error).strip().splitlines() or ["not a state file"])[0][:200]
+        raise InfoPromptError(f"checkpoint {path} holds more than tensors and plain data; "
+                              f"refusing to load it (tampered with?): {reason}") from None
 
 
 def final_fit(cfg: InfoPromptConfig, splits: Splits) -> dict[str, Any]:
