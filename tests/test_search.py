@@ -39,6 +39,14 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("search-store")
 
 
+@pytest.fixture(scope="session")
+def a_file(tmp_path_factory) -> Path:
+    """A plain file, for paths that lead through one."""
+    path = tmp_path_factory.mktemp("plain") / "a-file"
+    path.write_text("not a folder\n")
+    return path
+
+
 def env() -> dict[str, str]:
     """The test's environment without a Ray address: each search starts its own local Ray."""
     return {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -260,6 +268,47 @@ def test_killed_driver_then_resume_keeps_finished_trials(tmp_path, cache_dir):
           f"{[t['epochs'] for t in results['trials']]}, {results['stopped_early']} stopped early")
 
 
+# --- 2b. one experiment, one search ---------------------------------------------------------
+
+
+def one_line_refusal(done: subprocess.CompletedProcess, phrase: str) -> None:
+    assert done.returncode == 2, tail(done)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and phrase in errors[0], done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert "Started a local Ray instance" not in done.stderr
+
+
+def test_an_existing_experiment_name_is_refused_without_resume(tmp_path, cache_dir):
+    earlier = tmp_path / "taken"
+    earlier.mkdir()
+    (earlier / "results.json").write_text('{"earlier": true}')
+    (earlier / "trial_0001").mkdir()
+    done = search("--shots", "16", "--epochs", "2", "--num-samples", "2", "--name", "taken",
+                  "--storage-path", str(tmp_path), "--cache-dir", str(cache_dir), timeout=240)
+    one_line_refusal(done, f"--name taken: {earlier} already holds an experiment "
+                           "(results.json, trial_0001); pick another --name, or add --resume")
+    assert (earlier / "results.json").read_text() == '{"earlier": true}'
+    assert sorted(p.name for p in earlier.iterdir()) == ["results.json", "trial_0001"]
+
+
+def test_a_running_experiment_is_refused_to_a_second_search_and_to_resume(tmp_path, cache_dir):
+    """The lock a running search holds (flock on <experiment>/.search.lock), held here."""
+    from filelock import FileLock
+
+    from tune.experiment import LOCK
+
+    experiment = tmp_path / "busy"
+    experiment.mkdir()
+    with FileLock(experiment / LOCK, timeout=0):
+        for extra in ([], ["--resume"]):
+            done = search("--shots", "16", "--epochs", "2", "--num-samples", "2", "--name",
+                          "busy", *extra, "--storage-path", str(tmp_path), "--cache-dir",
+                          str(cache_dir), timeout=240)
+            one_line_refusal(done, f"experiment {experiment} is in use by another search")
+    assert sorted(p.name for p in experiment.iterdir()) == [LOCK]
+
+
 # --- 3. trials whose loss becomes NaN -------------------------------------------------------
 
 
@@ -330,11 +379,25 @@ def test_diverging_trials_fail_without_stopping_the_search(tmp_path, cache_dir):
     (["--resume"], "--resume: no experiment demo-infoprompt-16shot-*"),
     (["--resume", "--name", "nothing-here"], "--resume: no search state at"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    # Each of these used to fail after Ray had started, or in every attempt of every trial.
+    (["--storage-path", "{file}/results"], "/results is under {file}, which is not a folder"),
+    (["--storage-path", "{unwritable}/infoprompt-results"], "cannot be written"),
+    (["--storage-path", "s3://infoprompt-test-no-such-bucket-7f3c/results"],
+     "--storage-path s3://infoprompt-test-no-such-bucket-7f3c/results cannot be reached or "
+     "written"),
+    # 16 shots: 8 per class in train and 8 in valid, so 16 per class in the pool.
+    (["--cv-folds", "17"], "--cv-folds 17: needs 2 <= folds <= 16"),
+    (["--max-length", "2048"], "--max-length 2048 is more than minilm takes (512 tokens)"),
 ], ids=["unknown-task", "inverted-range", "k-below-2", "no-samples", "grace-above-epochs",
         "gpu-without-gpu",
         "unreachable-address", "unreachable-ray-client", "resume-nothing",
-        "resume-unknown-name", "unknown-flag"])
-def test_bad_input_is_one_error_line(tmp_path, cache_dir, flags, message):
+        "resume-unknown-name", "unknown-flag", "storage-under-a-file", "storage-unwritable",
+        "storage-unreachable-uri", "cv-folds-above-a-class", "max-length-above-encoder"])
+def test_bad_input_is_one_error_line(tmp_path, cache_dir, a_file, flags, message):
+    places = {"file": str(a_file), "unwritable": "/sys"}
+    if any("{unwritable}" in flag for flag in flags) and not Path("/sys/kernel").is_dir():
+        pytest.skip("needs Linux's /sys for a folder that even root cannot write")
+    flags, message = [flag.format(**places) for flag in flags], message.format(**places)
     started = time.perf_counter()
     done = search("--shots", "16", "--epochs", "2", "--num-samples", "2",
                   "--storage-path", str(tmp_path), "--cache-dir", str(cache_dir), *flags,

@@ -20,7 +20,14 @@ from typing import Any
 from infoprompt.cli import ArgumentParser, add_config_arguments, guarded
 from infoprompt.errors import InfoPromptError
 from tune.connection import check_cluster, connect, default_concurrency
-from tune.experiment import experiment_path, load_settings, publish, save_settings
+from tune.experiment import (
+    check_storage,
+    experiment_lock,
+    experiment_path,
+    load_settings,
+    publish,
+    save_settings,
+)
 from tune.settings import SearchSettings, add_settings_arguments, resumed, settings_from_args
 from tune.space import SPACE, add_space_arguments, paper_point
 
@@ -114,10 +121,18 @@ def search(settings: SearchSettings, *, given: set[str] = frozenset()) -> dict[s
     check_gpus(settings)
     storage, name = experiment_path(settings)
     path = f"{storage.rstrip('/')}/{name}"
+    # Reachable and writable, and a new search's name not taken, before Ray starts.
+    check_storage(storage, name, new=not settings.resume)
 
     # Save the experiment state every second rather than every 10 s or more, so that a
     # killed driver leaves state that names checkpoints still on disk.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    with experiment_lock(storage, name, new=not settings.resume):
+        return _locked_search(settings, given, storage, name, path)
+
+
+def _locked_search(settings: SearchSettings, given: set[str], storage: str, name: str,
+                   path: str) -> dict[str, Any]:
     import ray
     import ray.tune
 
@@ -135,6 +150,10 @@ def search(settings: SearchSettings, *, given: set[str] = frozenset()) -> dict[s
     from infoprompt.store import load_splits
 
     splits = load_splits(settings.config, with_test=False)  # the search never reads test
+    if settings.cv_folds > 1:  # refused now, not by every attempt of every trial
+        from tune.trainable import rotations
+
+        rotations(splits, settings.cv_folds, seed=settings.config.seed)
     connect(settings.address)
     try:
         return _search(settings, splits, storage, name, path)
