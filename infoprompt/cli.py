@@ -96,8 +96,8 @@ def guarded(main: Callable[..., Any]) -> Callable[..., Any]:
             return main(*args, **kwargs)
         except InfoPromptError as error:
             fail(str(error))
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+        except KeyboardInterrupt as interrupt:  # its message, if any, says how to go on
+            print(str(interrupt) or "interrupted", file=sys.stderr)
             raise SystemExit(130) from None
     return wrapper
 

@@ -268,7 +268,19 @@ def test_killed_driver_then_resume_keeps_finished_trials(tmp_path, cache_dir):
           f"{[t['epochs'] for t in results['trials']]}, {results['stopped_early']} stopped early")
 
 
-# --- 2b. one experiment, one search ---------------------------------------------------------
+# --- 2b. Ctrl-C, then the command it prints ---------------------------------------------------
+
+
+def wait_for_a_report(driver: subprocess.Popen, experiment: Path, log: Path) -> dict:
+    """The experiment state once a trial has reported an epoch (polled like the resume test)."""
+    deadline = time.monotonic() + 600
+    while True:
+        state = experiment_state(experiment)
+        if any(s["last_result"] for s in state.values()):
+            return state
+        assert driver.poll() is None, log.read_text()[-4000:]
+        assert time.monotonic() < deadline, "no trial reported in 600 s"
+        time.sleep(0.5)
 
 
 def one_line_refusal(done: subprocess.CompletedProcess, phrase: str) -> None:
@@ -277,6 +289,113 @@ def one_line_refusal(done: subprocess.CompletedProcess, phrase: str) -> None:
     assert len(errors) == 1 and phrase in errors[0], done.stderr
     assert "Traceback" not in done.stderr + done.stdout
     assert "Started a local Ray instance" not in done.stderr
+
+
+def interrupted_search(tmp_path: Path, cache_dir: Path, name: str, args: list[str]):
+    """Start a search in its own session (as a terminal's foreground job); returns the
+    driver, its experiment folder and its stdout/stderr files."""
+    out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        driver = subprocess.Popen(
+            [sys.executable, "tune/search.py", *args, "--storage-path", str(tmp_path / "runs"),
+             "--name", name, "--cache-dir", str(cache_dir)],
+            cwd=ROOT, env=env(), stdout=stdout, stderr=stderr, start_new_session=True)
+    return driver, tmp_path / "runs" / name, out, err
+
+
+def ctrl_c(driver: subprocess.Popen) -> None:
+    """What Ctrl-C in a terminal does: SIGINT to the foreground process group."""
+    try:
+        os.killpg(driver.pid, signal.SIGINT)
+    except ProcessLookupError:
+        pass
+
+
+FINAL_FILES = ("results.json", "results.md", "search.png")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_ctrl_c_stops_the_search_and_the_printed_command_finishes_it(tmp_path, cache_dir):
+    name, samples, epochs = "ctrl-c", 4, 3
+    args = ["--task", "demo", "--shots", "16", "--num-samples", str(samples), "--epochs",
+            str(epochs), "--grace-period", "1", "--final-seeds", "1", "--max-concurrent", "2"]
+    driver, experiment, out, err = interrupted_search(tmp_path, cache_dir, name, args)
+    try:
+        wait_for_a_report(driver, experiment, err)
+        # While it runs, the experiment is taken: a second search of that name, or a resume
+        # of it, is refused in one line before Ray starts.
+        storage = ["--storage-path", str(tmp_path / "runs"), "--cache-dir", str(cache_dir)]
+        one_line_refusal(search(*args, *storage, "--name", name, timeout=240),
+                         f"--name {name}: {experiment} already holds an experiment")
+        one_line_refusal(search("--resume", "--name", name, *storage, timeout=240),
+                         f"experiment {experiment} is in use by another search")
+        ctrl_c(driver)
+        code = driver.wait(timeout=600)
+    finally:
+        if driver.poll() is None:
+            kill_driver(driver)
+    stdout, stderr = out.read_text(), err.read_text()
+    assert code == 130, stderr[-4000:]
+    command = (f"python tune/search.py --resume --name {name} --storage-path "
+               f"{tmp_path / 'runs'}")
+    assert stderr.splitlines()[-1] == ("interrupted; the search's state is saved. Continue it "
+                                       f"with: {command}"), stderr[-2000:]
+    assert "Traceback" not in stdout + stderr
+    # Nothing that looks final: no reports, no final evaluation of a partial search.
+    assert not [f for f in FINAL_FILES if (experiment / f).exists()]
+    assert "final evaluation" not in stdout
+
+    # The trials Tune had not ended read as unfinished, not as stopped by ASHA.
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    from tune.report import trial_rows
+
+    rows = trial_rows(ResultGrid(ExperimentAnalysis(str(experiment))), epochs)
+    assert "unfinished" in {r.status for r in rows}, rows
+    assert {r.status for r in rows} <= {"completed", "stopped early", "unfinished"}, rows
+
+    # The printed command finishes the search as if it had never been stopped.
+    resumed = search(*command.split()[2:], timeout=900)
+    assert resumed.returncode == 0, tail(resumed)
+    results = read_results(experiment)
+    assert len(results["trials"]) == samples
+    assert {t["status"] for t in results["trials"]} <= {"completed", "stopped early"}, \
+        results["trials"]
+    assert set(results["final"]) == {"best", "default"}
+    assert all(s["status"] == "TERMINATED" for s in experiment_state(experiment).values())
+    assert all((experiment / f).exists() for f in FINAL_FILES)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_second_ctrl_c_still_ends_in_the_resume_line(tmp_path, cache_dir):
+    """The second Ctrl-C reaches the driver while Ray is still saving and stopping (Ray
+    handles only the first): a KeyboardInterrupt from inside Tuner.fit."""
+    name = "ctrl-c-twice"
+    args = ["--task", "demo", "--shots", "16", "--num-samples", "4", "--epochs", "3",
+            "--grace-period", "1", "--final-seeds", "1", "--max-concurrent", "2"]
+    driver, experiment, out, err = interrupted_search(tmp_path, cache_dir, name, args)
+    try:
+        wait_for_a_report(driver, experiment, err)
+        ctrl_c(driver)
+        time.sleep(0.3)
+        ctrl_c(driver)
+        code = driver.wait(timeout=600)
+    finally:
+        if driver.poll() is None:
+            kill_driver(driver)
+    stdout, stderr = out.read_text(), err.read_text()
+    assert code == 130, stderr[-4000:]
+    assert stderr.splitlines()[-1].startswith("interrupted; the search's state is saved. "
+                                              "Continue it with: python tune/search.py "
+                                              f"--resume --name {name} --storage-path "), \
+        stderr[-2000:]
+    assert "Traceback" not in stdout + stderr
+    assert not [f for f in FINAL_FILES if (experiment / f).exists()]
+
+
+# --- 2c. one experiment, one search ---------------------------------------------------------
 
 
 def test_an_existing_experiment_name_is_refused_without_resume(tmp_path, cache_dir):

@@ -28,6 +28,7 @@ from tune.experiment import (
     publish,
     save_settings,
 )
+from tune.interrupt import interrupted_message, sigint_watched, unfinished_trials
 from tune.settings import SearchSettings, add_settings_arguments, resumed, settings_from_args
 from tune.space import SPACE, add_space_arguments, paper_point
 
@@ -117,7 +118,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def search(settings: SearchSettings, *, given: set[str] = frozenset()) -> dict[str, Any]:
     """Run a search (or, with settings.resume, continue one). `given`: the fields the user
-    set explicitly; on resume they must agree with the experiment's saved settings."""
+    set explicitly; on resume they must agree with the experiment's saved settings.
+    Interrupted (Ctrl-C), it raises KeyboardInterrupt whose message is the command that
+    continues it."""
     check_gpus(settings)
     storage, name = experiment_path(settings)
     path = f"{storage.rstrip('/')}/{name}"
@@ -127,8 +130,12 @@ def search(settings: SearchSettings, *, given: set[str] = frozenset()) -> dict[s
     # Save the experiment state every second rather than every 10 s or more, so that a
     # killed driver leaves state that names checkpoints still on disk.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
-    with experiment_lock(storage, name, new=not settings.resume):
-        return _locked_search(settings, given, storage, name, path)
+    try:
+        with experiment_lock(storage, name, new=not settings.resume):
+            return _locked_search(settings, given, storage, name, path)
+    except KeyboardInterrupt:  # Ctrl-C, once (Ray saved the state) or twice: how to go on
+        raise KeyboardInterrupt(interrupted_message(storage=storage, name=name,
+                                                    address=settings.address)) from None
 
 
 def _locked_search(settings: SearchSettings, given: set[str], storage: str, name: str,
@@ -180,7 +187,10 @@ def _search(settings: SearchSettings, splits: Any, storage: str, name: str,
         tuner = build_tuner(settings, splits, storage_path=storage, name=name,
                             max_concurrent=concurrent)
     started = time.perf_counter()
-    grid = tuner.fit()
+    with sigint_watched() as sigint:
+        grid = tuner.fit()
+    if sigint.seen or unfinished_trials(grid):  # Ray saved it: no final evaluation, no reports
+        raise KeyboardInterrupt
     rows = report.trial_rows(grid, cfg.epochs)
     summary = report.summarize(task=cfg.task, metric=splits.task.metric,
                                method=cfg.method.value, trials=rows, final={})
