@@ -12,14 +12,13 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
-import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from infoprompt.errors import InfoPromptError
@@ -111,7 +110,7 @@ def check_storage(storage: str, name: str, *, new: bool) -> None:
     fail once started, with a traceback) and, for a new search, a name that is already an
     experiment's (it would mix its trials and overwrite its reports)."""
     if is_uri(storage):
-        taken = _in_time(lambda: _probe_uri(storage, name), storage)
+        taken = _probe_uri(storage, name)
     else:
         folder = Path(storage) / name
         if os.path.lexists(folder) and not folder.is_dir():
@@ -137,45 +136,47 @@ def _refuse_taken(where: str, name: str, taken: list[str]) -> None:
                           "another --name, or add --resume to continue that one")
 
 
-def _probe_uri(storage: str, name: str) -> list[str]:
-    """List the experiment's folder and write (then delete) a file under the storage path:
-    the URI parses, the service answers, the credentials may read and write."""
+# Run in a child process: a probe that hangs (an endpoint that accepts and never answers) is
+# killed at the deadline; in a thread of this process it held up its exit by minutes.
+_PROBE = """
+import json, sys, uuid
+from pathlib import PurePosixPath
+try:
     import pyarrow.fs
-
+    storage, name = sys.argv[1:3]
     fs, root = pyarrow.fs.FileSystem.from_uri(storage)
     root = root.rstrip("/")
     entries = fs.get_file_info(pyarrow.fs.FileSelector(f"{root}/{name}", allow_not_found=True))
     probe = f"{root}/.infoprompt-write-probe-{uuid.uuid4().hex}"
     with fs.open_output_stream(probe) as stream:
-        stream.write(b"infoprompt-search checks that it can write here\n")
+        stream.write(b"infoprompt-search checks that it can write here")
     fs.delete_file(probe)
-    return sorted({PurePosixPath(e.path).name for e in entries} - NOT_AN_EXPERIMENT)
+    print(json.dumps({"entries": sorted(PurePosixPath(e.path).name for e in entries)}))
+except Exception as error:
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    print(json.dumps({"error": lines[0][:240]}))
+"""
 
 
-def _in_time(probe: Callable[[], Any], storage: str) -> Any:
-    """Run a cloud storage probe with a deadline (without network, pyarrow's S3 client
-    retries for seconds to minutes); its failure is one line."""
-    outcome: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            outcome["value"] = probe()
-        except Exception as error:  # noqa: BLE001 - OSError, ArrowInvalid, credentials, …
-            outcome["error"] = error
-
-    thread = threading.Thread(target=run, name="storage-probe", daemon=True)
-    thread.start()
-    thread.join(PROBE_TIMEOUT_S)
-    if thread.is_alive():
-        reason = f"no answer in {PROBE_TIMEOUT_S:g} s"
-    elif "error" in outcome:
-        error = outcome["error"]
-        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:240]
+def _probe_uri(storage: str, name: str) -> list[str]:
+    """List the experiment's folder and write (then delete) a file under the storage path,
+    within PROBE_TIMEOUT_S: the URI parses, the service answers, the credentials may read and
+    write. Returns what makes the folder an experiment (see `_taken`)."""
+    try:
+        done = subprocess.run([sys.executable, "-c", _PROBE, storage, name], check=False,
+                              capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        answer = {"error": f"no answer in {PROBE_TIMEOUT_S:g} s"}
     else:
-        return outcome["value"]
-    raise InfoPromptError(f"--storage-path {storage} cannot be reached or written ({reason}); "
-                          "check the URI, the network and the credentials, or use a local "
-                          "folder")
+        try:
+            answer = json.loads(done.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            answer = {"error": (done.stderr.strip().splitlines() or ["the probe failed"])[-1]}
+    if "error" in answer:
+        raise InfoPromptError(f"--storage-path {storage} cannot be reached or written "
+                              f"({answer['error']}); check the URI, the network and the "
+                              "credentials, or use a local folder")
+    return sorted(set(answer["entries"]) - NOT_AN_EXPERIMENT)
 
 
 def _lock_path(storage: str, name: str) -> Path:
