@@ -8,7 +8,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterable
 from enum import Enum
 from pathlib import Path
@@ -16,6 +18,7 @@ from typing import Any, NoReturn, get_args, get_type_hints
 
 from infoprompt.config import InfoPromptConfig
 from infoprompt.errors import InfoPromptError
+from infoprompt.folders import check_writable_folder
 
 __all__ = ["ArgumentParser", "add_config_arguments", "add_dataclass_arguments",
            "config_from_args", "fail", "guarded", "main"]
@@ -93,8 +96,8 @@ def guarded(main: Callable[..., Any]) -> Callable[..., Any]:
             return main(*args, **kwargs)
         except InfoPromptError as error:
             fail(str(error))
-        except KeyboardInterrupt:
-            print("interrupted", file=sys.stderr)
+        except KeyboardInterrupt as interrupt:  # its message, if any, says how to go on
+            print(str(interrupt) or "interrupted", file=sys.stderr)
             raise SystemExit(130) from None
     return wrapper
 
@@ -110,8 +113,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     out = (args.out or Path("runs") / f"{cfg.task}-{cfg.method.value}-s{cfg.seed}").resolve()
-    if out.exists() and not out.is_dir():
-        raise InfoPromptError(f"--out {out} is a file; give a folder")
+    # Refused now, not after training: metrics.json is written only at the end.
+    check_writable_folder(out, "--out")
 
     # Imported here so `--help` and bad flags answer without loading torch.
     from infoprompt.store import load_splits
@@ -126,8 +129,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"nce_head {record['nce_head']:.3f}  |p| {record['prompt_norm']:.2f}", flush=True)
 
     summary = fit(cfg, splits, on_epoch=show)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(summary, indent=2))
+    except OSError as error:  # the folder changed during training: keep the run anyway
+        handle, kept = tempfile.mkstemp(prefix="infoprompt-metrics-", suffix=".json")
+        with os.fdopen(handle, "w") as file:
+            json.dump(summary, file, indent=2)
+        raise InfoPromptError(f"--out {out} could not be written ({error.strerror or error}); "
+                              f"the run's metrics.json is saved as {kept}") from None
     print(f"best epoch {summary['best_epoch']}: valid {metric} "
           f"{summary['best_valid_metric']:.4f}, test {metric} {summary['test_metric']:.4f} "
           f"-> {out / 'metrics.json'}")

@@ -15,6 +15,7 @@ from enum import Enum
 from typing import Any
 
 from infoprompt.errors import InfoPromptError
+from infoprompt.tasks import TASKS
 
 __all__ = ["ConfigError", "Critic", "InfoPromptConfig", "Method"]
 
@@ -150,6 +151,11 @@ class InfoPromptConfig:
     eval_batch_size: int = _field(64, "batch size for evaluation")
 
     def __post_init__(self) -> None:
+        # Checked here, not when the data loads: both CLIs refuse it before importing torch.
+        if not isinstance(self.task, str) or self.task not in TASKS:
+            raise ConfigError(f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
+        if not _integral(self.seed) or self.seed < 0:
+            raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
         try:
             object.__setattr__(self, "method", Method(self.method))
         except ValueError:

@@ -24,9 +24,10 @@ import pyarrow.feather as feather
 import torch
 
 from infoprompt.batching import pad
-from infoprompt.config import InfoPromptConfig
-from infoprompt.encoder import load_encoder, load_tokenizer, prompt_free_features
+from infoprompt.config import ConfigError, InfoPromptConfig
+from infoprompt.encoder import load_encoder, load_tokenizer, max_tokens, prompt_free_features
 from infoprompt.few_shot import few_shot_splits
+from infoprompt.folders import check_writable_folder
 from infoprompt.sources import load_raw
 from infoprompt.tasks import Task, get_task
 from infoprompt.template import Template, prompt_free_ids
@@ -83,8 +84,9 @@ def load_splits(cfg: InfoPromptConfig, *, with_test: bool = True, log=None) -> S
     """Read the store for cfg's (task, shots, seed, model, …), building what is missing."""
     log = log or (lambda message: print(message, file=sys.stderr))
     task = get_task(cfg.task)
-    raw = load_raw(task, cfg.data_dir)
     tokenizer = load_tokenizer(cfg.model)
+    check_max_length(cfg)
+    raw = load_raw(task, cfg.data_dir)
     names = SPLITS if with_test else SPLITS[:2]
     root = Path(cfg.cache_dir or default_cache_dir()) / cfg.task
     keys, paths = {}, {}
@@ -95,10 +97,23 @@ def load_splits(cfg: InfoPromptConfig, *, with_test: bool = True, log=None) -> S
         paths[name] = root / keys[name][0] / f"{name}.arrow"
     tables = {name: _read(paths[name], keys[name], log) for name in names}
     missing = [name for name, table in tables.items() if table is None]
-    if missing:
+    if missing:  # a filled cache may be read-only: only a build needs to write
+        for name in missing:
+            check_writable_folder(paths[name].parent, "the store folder",
+                                  "give --cache-dir (or $INFOPROMPT_CACHE) a folder you can "
+                                  "write; a filled store may be read-only")
         tables.update(_build(cfg, task, raw, tokenizer, keys, paths, missing, log))
     return Splits(task, tables["train"], tables["valid"], tables.get("test"), keys["train"][0],
                   {name: str(path) for name, path in paths.items()})
+
+
+def check_max_length(cfg: InfoPromptConfig) -> None:
+    """--max-length must fit the encoder's position embeddings: a longer input fails inside
+    the encoder, after the data is read and tokenized."""
+    limit = max_tokens(cfg.model)
+    if limit is not None and cfg.max_length > limit:
+        raise ConfigError(f"--max-length {cfg.max_length} is more than {cfg.model} takes "
+                          f"({limit} tokens); use --max-length {limit} or less")
 
 
 def _read(path: Path, key: tuple[str, dict], log) -> pa.Table | None:

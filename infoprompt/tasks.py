@@ -5,10 +5,12 @@ draws the few-shot splits from it)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import pyarrow as pa
+from typing import TYPE_CHECKING
 
 from infoprompt.errors import InfoPromptError
+
+if TYPE_CHECKING:  # the config validates task names: importing it must stay light
+    import pyarrow as pa
 
 __all__ = ["TASKS", "DataError", "RawData", "Task", "get_task"]
 

@@ -23,6 +23,7 @@ from infoprompt.errors import InfoPromptError
 from infoprompt.losses import mi_bound, nce_head, nce_rep, sample_token_negatives
 from infoprompt.metrics import classification_metrics
 from infoprompt.model import InfoPromptModel
+from infoprompt.precision import use_bf16
 from infoprompt.store import Splits
 
 __all__ = ["Diverged", "Training", "fit", "linear_schedule", "resolve_device", "run"]
@@ -69,6 +70,8 @@ class Training:
         self.cfg = cfg
         self.splits = splits
         self.device = resolve_device(cfg.device)
+        if cfg.bf16 and not use_bf16(self.device):  # slower than fp32 here: warned, fp32
+            self.cfg = cfg = cfg.replace(bf16=False)
         torch.manual_seed(cfg.seed)
         # torch's CPU flash-attention backward in bf16 costs ~9x its fp32 one (MiniLM, batch
         # 8 x 64): plain matmul attention halves a bf16 step on CPU. CUDA keeps SDPA.
@@ -250,7 +253,7 @@ def fit(cfg: InfoPromptConfig, splits: Splits, *,
         if on_epoch is not None:
             on_epoch(record)
     summary = {"task": cfg.task, "method": cfg.method.value, "seed": cfg.seed,
-               "config": cfg.to_dict(), "history": training.history,
+               "config": training.cfg.to_dict(), "history": training.history,
                "best_epoch": training.best_epoch, "best_valid_metric": training.best_valid}
     if splits.test is not None:
         test = training.test()

@@ -67,17 +67,19 @@ def test_smoke_run_prints_every_figure(tmp_path: Path, glue_dir: Path) -> None:
                           check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert [r["dtype"] for r in result["step_time"]] == ["fp32", "bf16"]
+    # bf16 is measured only where the CPU computes it natively (tests/test_precision.py).
+    bf16 = result["bf16_skipped"] is None
+    assert [r["dtype"] for r in result["step_time"]] == ["fp32", "bf16"][:1 + bf16]
     for row in result["step_time"]:
         for key in ("floor_ms", "step_ms", "naive_ms", "step_over_floor", "naive_over_step"):
             assert row[key] > 0
-    assert set(result["bf16_over_fp32"]) == {"floor", "step", "naive"}
+    assert set(result["bf16_over_fp32"] or {}) == ({"floor", "step", "naive"} if bf16 else set())
     assert result["cola_epoch"]["fixed"]["epoch_s"] > 0
     assert result["cola_epoch"]["dynamic"]["tokens_per_batch"] < 128
     assert result["store_build"]["build_s"] > 0
     # Memory-mapped tables are shared: a second reader maps them without private copies.
     assert result["reader_memory"]["tables_shared"]
-    assert len(result["targets"]) == 5
+    assert len(result["targets"]) == (5 if bf16 else 2)
     # --smoke never writes, and the report renders from what it printed.
     assert not (tmp_path / "unused.md").exists()
     assert own_section() == before  # (other scripts may write their sections meanwhile)

@@ -131,6 +131,16 @@ BAD_INPUTS = {
     "negative-bottleneck": (["--bottleneck", "-4"], "bottleneck"),
     "shots-not-a-number": (["--shots", "many"], "shots"),
     "unknown-flag": (["--no-such-flag"], "--no-such-flag"),
+    "negative-seed": (["--seed", "-1"], "seed must be an integer >= 0, got -1"),
+    # MiniLM's position embeddings hold 512 tokens; 2048 failed inside the encoder.
+    "max-length-above-the-encoder": (["--max-length", "2048"],
+                                     "--max-length 2048 is more than minilm takes (512 tokens)"),
+    # --out, and the store when it must be built, are checked before any data loads: they
+    # used to fail only at the end of training (--out) or after the first split was encoded.
+    "out-under-a-file": (["--out", "{file}/out"], "which is not a folder"),
+    "out-unwritable": (["--out", "{unwritable}/out"], "cannot be written"),
+    "cache-dir-is-a-file": (["--cache-dir", "{file}"], "is not a folder"),
+    "cache-dir-unwritable": (["--cache-dir", "{unwritable}/cache"], "cannot be written"),
 }
 
 
@@ -139,8 +149,11 @@ def test_bad_input_is_one_error_line(case, tmp_path, cli_cache, glue_dir, gpt2_s
     malformed = _tiny_sst2(tmp_path / "malformed",
                            "sentence\tlabel\na fine film\t1\nthis row has\tthree\tcolumns\n")
     args, phrase = BAD_INPUTS[case]
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder\n")
     places = {"glue": str(glue_dir), "tmp": str(tmp_path), "malformed": str(malformed),
-              "gpt2": str(gpt2_style_model)}
+              "gpt2": str(gpt2_style_model), "file": str(a_file),
+              "unwritable": unwritable_folder()}
     args = [arg.format(**places) for arg in args]
     out = tmp_path / "out"
     done = _cli("infoprompt", "--epochs", "1", "--device", "cpu", "--cache-dir",
@@ -153,6 +166,40 @@ def test_bad_input_is_one_error_line(case, tmp_path, cli_cache, glue_dir, gpt2_s
     assert phrase in lines[0], lines[0]
     assert "Traceback" not in done.stderr + done.stdout
     assert not (out / "metrics.json").exists()
+    assert "epoch" not in done.stdout  # refused before training, not after it
+
+
+def unwritable_folder() -> str:
+    """A folder nobody can create files in, root included (the tests may run as root, for
+    whom chmod changes nothing): sysfs refuses new files to everyone."""
+    if not Path("/sys/kernel").is_dir():
+        pytest.skip("needs Linux's /sys for a folder that even root cannot write")
+    return "/sys"
+
+
+@pytest.mark.parametrize("entry, flags, phrase", [
+    ("infoprompt.cli", ["--task", "nosuchtask"], "unknown task 'nosuchtask'"),
+    ("infoprompt.cli", ["--seed", "-1"], "seed must be an integer >= 0"),
+    ("tune.search", ["--task", "nosuchtask"], "unknown task 'nosuchtask'"),
+    ("tune.search", ["--seed", "-1"], "seed must be an integer >= 0"),
+])
+def test_bad_config_is_refused_before_torch_loads(entry, flags, phrase, tmp_path):
+    """Both CLIs validate the task name and the seed in InfoPromptConfig, so a typo is
+    refused before torch (10-19 s to import here) or Ray is loaded."""
+    root = Path(__file__).resolve().parents[1]
+    probe = (f"import sys\nfrom {entry} import main\n"
+             "try:\n"
+             f"    main({flags!r} + ['--out', {str(tmp_path / 'out')!r}] * "
+             f"({entry!r} == 'infoprompt.cli'))\n"
+             "except SystemExit as exit:\n"
+             "    loaded = sorted({'torch', 'transformers', 'ray'} & set(sys.modules))\n"
+             "    print('exit', exit.code, 'loaded', loaded)\n")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=root, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.stdout.strip() == "exit 2 loaded []", (done.stdout, done.stderr)
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and phrase in lines[0], \
+        done.stderr
 
 
 def test_data_build_bad_input_is_one_error_line(tmp_path, cli_cache):

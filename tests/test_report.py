@@ -198,3 +198,27 @@ def test_trial_rows_status_epochs_and_ids():
     summary = summary_of(rows)
     assert summary.best_config == {"lr": 1e-3}  # not ddd's 0.9: that trial errored
     assert summary.stopped_early == 1
+
+
+def test_trial_rows_tell_unfinished_from_stopped_by_asha():
+    """Tune's own status (the grid's experiment analysis) decides: an interrupted search
+    leaves RUNNING / PAUSED / PENDING trials, which a Result alone cannot tell from ASHA's
+    stops (no error, fewer epochs than max_t)."""
+
+    class Grid(list):
+        def __init__(self, results, statuses):
+            super().__init__(results)
+            self._experiment_analysis = SimpleNamespace(
+                trials=[SimpleNamespace(status=s) for s in statuses])
+
+    grid = Grid([fake_result("/x/trial_a", {"lr": 1e-3}, [0.5, 0.6, 0.7], trial_id="a"),
+                 fake_result("/x/trial_b", {"lr": 2e-3}, [0.5], trial_id="b"),
+                 fake_result("/x/trial_c", {"lr": 3e-3}, [0.5], trial_id="c"),
+                 fake_result("/x/trial_d", {"lr": 4e-3}, [], trial_id="d"),
+                 fake_result("/x/trial_e", {"lr": 5e-3}, [0.4], trial_id="e")],
+                ["TERMINATED", "TERMINATED", "PAUSED", "PENDING", "ERROR"])
+    rows = trial_rows(grid, max_epochs=3)
+    assert [r.status for r in rows] == [
+        "completed", "stopped early", "unfinished", "unfinished",
+        "error: (no message saved; see the trial's error.txt)"]
+    assert summary_of(rows).stopped_early == 1

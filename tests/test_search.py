@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -41,6 +42,14 @@ TASK_TAGS = ("objective/objective", "metric/valid_metric", "metric/valid_loglik"
 def cache_dir(tmp_path_factory) -> Path:
     """One Arrow store for every search of the session (the first one builds it)."""
     return tmp_path_factory.mktemp("search-store")
+
+
+@pytest.fixture(scope="session")
+def a_file(tmp_path_factory) -> Path:
+    """A plain file, for paths that lead through one."""
+    path = tmp_path_factory.mktemp("plain") / "a-file"
+    path.write_text("not a folder\n")
+    return path
 
 
 def env() -> dict[str, str]:
@@ -348,6 +357,173 @@ def test_killed_driver_then_resume_keeps_finished_trials(tmp_path, cache_dir):
           f"{[t['epochs'] for t in results['trials']]}, {results['stopped_early']} stopped early")
 
 
+# --- 2b. Ctrl-C, then the command it prints ---------------------------------------------------
+
+
+def wait_for_a_report(driver: subprocess.Popen, experiment: Path, log: Path) -> dict:
+    """The experiment state once a trial has reported an epoch (polled like the resume test)."""
+    deadline = time.monotonic() + 600
+    while True:
+        state = experiment_state(experiment)
+        if any(s["last_result"] for s in state.values()):
+            return state
+        assert driver.poll() is None, log.read_text()[-4000:]
+        assert time.monotonic() < deadline, "no trial reported in 600 s"
+        time.sleep(0.5)
+
+
+def one_line_refusal(done: subprocess.CompletedProcess, phrase: str) -> None:
+    assert done.returncode == 2, tail(done)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and phrase in errors[0], done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
+    assert "Started a local Ray instance" not in done.stderr
+
+
+def interrupted_search(tmp_path: Path, cache_dir: Path, name: str, args: list[str]):
+    """Start a search in its own session (as a terminal's foreground job); returns the
+    driver, its experiment folder and its stdout/stderr files."""
+    out, err = tmp_path / f"{name}.out", tmp_path / f"{name}.err"
+    with out.open("w") as stdout, err.open("w") as stderr:
+        driver = subprocess.Popen(
+            [sys.executable, "tune/search.py", *args, "--storage-path", str(tmp_path / "runs"),
+             "--name", name, "--cache-dir", str(cache_dir)],
+            cwd=ROOT, env=env(), stdout=stdout, stderr=stderr, start_new_session=True)
+    return driver, tmp_path / "runs" / name, out, err
+
+
+def ctrl_c(driver: subprocess.Popen) -> None:
+    """What Ctrl-C in a terminal does: SIGINT to the foreground process group."""
+    try:
+        os.killpg(driver.pid, signal.SIGINT)
+    except ProcessLookupError:
+        pass
+
+
+FINAL_FILES = ("results.json", "results.md", "search.png")
+WORKER_LINE = re.compile(r"^(\x1b\[\d+m)?\([^)]* pid=\d+[^)]*\)")  # "(trainable pid=42) ..."
+
+
+def driver_output(text: str) -> str:
+    """The driver's own lines: Ray forwards the workers' too, and a worker it stops may print
+    a traceback of its own (SystemExit in a SIGTERM handler, seen once)."""
+    return "\n".join(line for line in text.splitlines() if not WORKER_LINE.match(line))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_ctrl_c_stops_the_search_and_the_printed_command_finishes_it(tmp_path, cache_dir):
+    name, samples, epochs = "ctrl-c", 4, 3
+    args = ["--task", "demo", "--shots", "16", "--num-samples", str(samples), "--epochs",
+            str(epochs), "--grace-period", "1", "--final-seeds", "1", "--max-concurrent", "2"]
+    driver, experiment, out, err = interrupted_search(tmp_path, cache_dir, name, args)
+    try:
+        wait_for_a_report(driver, experiment, err)
+        # While it runs, the experiment is taken: a second search of that name, or a resume
+        # of it, is refused in one line before Ray starts.
+        storage = ["--storage-path", str(tmp_path / "runs"), "--cache-dir", str(cache_dir)]
+        one_line_refusal(search(*args, *storage, "--name", name, timeout=240),
+                         f"--name {name}: {experiment} already holds an experiment")
+        one_line_refusal(search("--resume", "--name", name, *storage, timeout=240),
+                         f"experiment {experiment} is in use by another search")
+        ctrl_c(driver)
+        code = driver.wait(timeout=600)
+    finally:
+        if driver.poll() is None:
+            kill_driver(driver)
+    stdout, stderr = out.read_text(), err.read_text()
+    assert code == 130, stderr[-4000:]
+    command = (f"python tune/search.py --resume --name {name} --storage-path "
+               f"{tmp_path / 'runs'}")
+    assert stderr.splitlines()[-1] == ("interrupted; the search's state is saved. Continue it "
+                                       f"with: {command}"), stderr[-2000:]
+    assert "Traceback" not in driver_output(stdout + stderr)
+    # Nothing that looks final: no reports, no final evaluation of a partial search.
+    assert not [f for f in FINAL_FILES if (experiment / f).exists()]
+    assert "final evaluation" not in stdout
+
+    # The trials Tune had not ended read as unfinished, not as stopped by ASHA.
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    from tune.report import trial_rows
+
+    rows = trial_rows(ResultGrid(ExperimentAnalysis(str(experiment))), epochs)
+    assert "unfinished" in {r.status for r in rows}, rows
+    assert {r.status for r in rows} <= {"completed", "stopped early", "unfinished"}, rows
+
+    # The printed command finishes the search as if it had never been stopped.
+    resumed = search(*command.split()[2:], timeout=900)
+    assert resumed.returncode == 0, tail(resumed)
+    results = read_results(experiment)
+    assert len(results["trials"]) == samples
+    assert {t["status"] for t in results["trials"]} <= {"completed", "stopped early"}, \
+        results["trials"]
+    assert set(results["final"]) == {"best", "default"}
+    assert all(s["status"] == "TERMINATED" for s in experiment_state(experiment).values())
+    assert all((experiment / f).exists() for f in FINAL_FILES)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_second_ctrl_c_still_ends_in_the_resume_line(tmp_path, cache_dir):
+    """The second Ctrl-C reaches the driver while Ray is still saving and stopping (Ray
+    handles only the first): a KeyboardInterrupt from inside Tuner.fit."""
+    name = "ctrl-c-twice"
+    args = ["--task", "demo", "--shots", "16", "--num-samples", "4", "--epochs", "3",
+            "--grace-period", "1", "--final-seeds", "1", "--max-concurrent", "2"]
+    driver, experiment, out, err = interrupted_search(tmp_path, cache_dir, name, args)
+    try:
+        wait_for_a_report(driver, experiment, err)
+        ctrl_c(driver)
+        time.sleep(0.3)
+        ctrl_c(driver)
+        code = driver.wait(timeout=600)
+    finally:
+        if driver.poll() is None:
+            kill_driver(driver)
+    stdout, stderr = out.read_text(), err.read_text()
+    assert code == 130, stderr[-4000:]
+    assert stderr.splitlines()[-1].startswith("interrupted; the search's state is saved. "
+                                              "Continue it with: python tune/search.py "
+                                              f"--resume --name {name} --storage-path "), \
+        stderr[-2000:]
+    assert "Traceback" not in driver_output(stdout + stderr)
+    assert not [f for f in FINAL_FILES if (experiment / f).exists()]
+
+
+# --- 2c. one experiment, one search ---------------------------------------------------------
+
+
+def test_an_existing_experiment_name_is_refused_without_resume(tmp_path, cache_dir):
+    earlier = tmp_path / "taken"
+    earlier.mkdir()
+    (earlier / "results.json").write_text('{"earlier": true}')
+    (earlier / "trial_0001").mkdir()
+    done = search("--shots", "16", "--epochs", "2", "--num-samples", "2", "--name", "taken",
+                  "--storage-path", str(tmp_path), "--cache-dir", str(cache_dir), timeout=240)
+    one_line_refusal(done, f"--name taken: {earlier} already holds an experiment "
+                           "(results.json, trial_0001); pick another --name, or add --resume")
+    assert (earlier / "results.json").read_text() == '{"earlier": true}'
+    assert sorted(p.name for p in earlier.iterdir()) == ["results.json", "trial_0001"]
+
+
+def test_a_running_experiment_is_refused_to_a_second_search_and_to_resume(tmp_path, cache_dir):
+    """The lock a running search holds (flock on <experiment>/.search.lock), held here."""
+    from filelock import FileLock
+
+    from tune.experiment import LOCK
+
+    experiment = tmp_path / "busy"
+    experiment.mkdir()
+    with FileLock(experiment / LOCK, timeout=0):
+        for extra in ([], ["--resume"]):
+            done = search("--shots", "16", "--epochs", "2", "--num-samples", "2", "--name",
+                          "busy", *extra, "--storage-path", str(tmp_path), "--cache-dir",
+                          str(cache_dir), timeout=240)
+            one_line_refusal(done, f"experiment {experiment} is in use by another search")
+    assert sorted(p.name for p in experiment.iterdir()) == [LOCK]
+
+
 # --- 3. trials whose loss becomes NaN -------------------------------------------------------
 
 
@@ -485,6 +661,16 @@ def test_warm_start_and_the_dashboard(tmp_path, cache_dir):
 # --- 5. bad input ---------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def shared_study(tmp_path_factory) -> str:
+    """A shared study database (as --optuna-storage on a cluster) with a study 'taken'."""
+    import optuna
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('shared-study') / 'optuna.db'}"
+    optuna.create_study(storage=url, study_name="taken", direction="maximize")
+    return url
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--task", "nope"], "unknown task 'nope'"),
     (["--beta-range", "1", "0.1"], "--beta-range needs 0 < LOW <= HIGH, got 1 0.1"),
@@ -498,11 +684,32 @@ def test_warm_start_and_the_dashboard(tmp_path, cache_dir):
     (["--resume"], "--resume: no experiment demo-infoprompt-16shot-*"),
     (["--resume", "--name", "nothing-here"], "--resume: no search state at"),
     (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    # Each of these used to fail after Ray had started, or in every attempt of every trial.
+    (["--storage-path", "{file}/results"], "/results is under {file}, which is not a folder"),
+    (["--storage-path", "{unwritable}/infoprompt-results"], "cannot be written"),
+    (["--storage-path", "s3://infoprompt-test-no-such-bucket-7f3c/results"],
+     "--storage-path s3://infoprompt-test-no-such-bucket-7f3c/results cannot be reached or "
+     "written"),
+    # 16 shots: 8 per class in train and 8 in valid, so 16 per class in the pool.
+    (["--cv-folds", "17"], "--cv-folds 17: needs 2 <= folds <= 16"),
+    (["--max-length", "2048"], "--max-length 2048 is more than minilm takes (512 tokens)"),
+    # A shared study database: a name taken there, and one that cannot be opened.
+    (["--optuna-storage", "{shared}", "--name", "taken"],
+     "an Optuna study named 'taken' already exists in sqlite:///"),
+    (["--optuna-storage", "postgresql://nobody@127.0.0.1:1/optuna"],
+     "--optuna-storage postgresql://nobody@127.0.0.1:1/optuna: cannot open it"),
 ], ids=["unknown-task", "inverted-range", "k-below-2", "no-samples", "grace-above-epochs",
         "gpu-without-gpu",
         "unreachable-address", "unreachable-ray-client", "resume-nothing",
-        "resume-unknown-name", "unknown-flag"])
-def test_bad_input_is_one_error_line(tmp_path, cache_dir, flags, message):
+        "resume-unknown-name", "unknown-flag", "storage-under-a-file", "storage-unwritable",
+        "storage-unreachable-uri", "cv-folds-above-a-class", "max-length-above-encoder",
+        "study-name-taken", "study-storage-unreachable"])
+def test_bad_input_is_one_error_line(tmp_path, cache_dir, a_file, shared_study, flags,
+                                     message):
+    places = {"file": str(a_file), "unwritable": "/sys", "shared": shared_study}
+    if any("{unwritable}" in flag for flag in flags) and not Path("/sys/kernel").is_dir():
+        pytest.skip("needs Linux's /sys for a folder that even root cannot write")
+    flags, message = [flag.format(**places) for flag in flags], message.format(**places)
     started = time.perf_counter()
     done = search("--shots", "16", "--epochs", "2", "--num-samples", "2",
                   "--storage-path", str(tmp_path), "--cache-dir", str(cache_dir), *flags,

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import multiprocessing
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from pyarrow import feather
 
 from infoprompt import store
 from infoprompt.config import InfoPromptConfig
+from infoprompt.errors import InfoPromptError
 from infoprompt.sources import load_raw
 from infoprompt.store import META_KEY, load_splits
 from infoprompt.tasks import get_task
@@ -265,6 +268,51 @@ def test_file_carrying_another_key_is_rebuilt(demo_copy):
     assert len(damaged) == 1 and str(path) in damaged[0], messages
     assert _meta(rebuilt.train)["key"] == splits.key
     assert rebuilt.train.equals(splits.train)
+
+
+@contextlib.contextmanager
+def _read_only(root: Path):
+    """Make a folder tree truly read-only, for root too: `chattr +i` (immutable; root may
+    run the tests, and chmod changes nothing for root), else chmod; skip if neither works."""
+    if os.geteuid() == 0:
+        made = subprocess.run(["chattr", "-R", "+i", str(root)], capture_output=True,
+                              check=False).returncode == 0 if shutil.which("chattr") else False
+        undo = ["chattr", "-R", "-i", str(root)]
+    else:
+        for path in [root, *root.rglob("*")]:
+            path.chmod(0o555 if path.is_dir() else 0o444)
+        made, undo = True, ["chmod", "-R", "u+w", str(root)]
+    try:
+        try:
+            (root / "probe").touch()
+            writable = True
+        except OSError:
+            writable = False
+        if not made or writable:
+            pytest.skip("cannot make a read-only folder here (chattr +i needs ext4 and "
+                        "CAP_LINUX_IMMUTABLE)")
+        yield
+    finally:
+        subprocess.run(undo, capture_output=True, check=False)
+
+
+def test_a_filled_read_only_store_is_read_and_a_build_there_refused_first(demo_copy,
+                                                                          monkeypatch):
+    """A read-only cache that holds the tables keeps working; one that must build is refused
+    in one line before anything is encoded (it used to fail with PermissionError after the
+    first split)."""
+    cfg, splits = demo_copy
+
+    def boom(*args, **kwargs):
+        raise AssertionError("nothing may be built in a read-only store")
+
+    with _read_only(Path(cfg.cache_dir)):
+        monkeypatch.setattr(store, "encode_prompt_free", boom)
+        monkeypatch.setattr(store, "load_encoder", boom)
+        hit = load_splits(cfg, log=_quiet)
+        assert hit.train.equals(splits.train) and hit.test.equals(splits.test)
+        with pytest.raises(InfoPromptError, match=r"the store folder .* cannot be written"):
+            load_splits(cfg.replace(seed=1), log=_quiet)
 
 
 def test_valid_file_copied_over_train_is_rebuilt(demo_copy):

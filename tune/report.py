@@ -15,13 +15,13 @@ from typing import Any, NamedTuple
 from infoprompt.errors import InfoPromptError
 
 __all__ = ["Summary", "TrialRow", "final_comparison", "final_stats", "final_table", "summarize",
-           "trial_rows", "write_json", "write_markdown"]
+           "trial_rows", "tune_statuses", "write_json", "write_markdown"]
 
 
 class TrialRow(NamedTuple):
     trial_id: str
     config: dict[str, Any]
-    status: str  # completed | stopped early | error: …
+    status: str  # completed | stopped early | unfinished | error: …
     epochs: int
     objective: float | None  # the last reported objective: what the search ranked it by
     last_valid_metric: float | None
@@ -46,9 +46,19 @@ class Summary(NamedTuple):
         return sum(t.status == "stopped early" for t in self.trials)
 
 
+def tune_statuses(result_grid: Any) -> list[str | None]:
+    """Tune's status of each trial, in the grid's order: TERMINATED (ran to its end or was
+    stopped by ASHA), ERROR, or RUNNING / PAUSED / PENDING (unfinished: an interrupted search;
+    a Result says none of this). None for each when the grid is not Tune's (tests)."""
+    trials = getattr(getattr(result_grid, "_experiment_analysis", None), "trials", None)
+    if trials is None or len(trials) != len(result_grid):
+        return [None] * len(result_grid)
+    return [getattr(trial, "status", None) for trial in trials]
+
+
 def trial_rows(result_grid: Any, max_epochs: int) -> list[TrialRow]:
     rows = []
-    for result in result_grid:
+    for result, tune_status in zip(result_grid, tune_statuses(result_grid)):
         frame = result.metrics_dataframe
         curve = ([float(v) for v in frame["valid_metric"].dropna()]
                  if frame is not None and "valid_metric" in frame else [])
@@ -56,6 +66,10 @@ def trial_rows(result_grid: Any, max_epochs: int) -> list[TrialRow]:
         epochs = int(metrics.get("epoch", len(curve)) or 0)
         if result.error is not None:
             status = "error: " + str(result.error).strip().splitlines()[-1][:200]
+        elif tune_status == "ERROR":
+            status = "error: (no message saved; see the trial's error.txt)"
+        elif tune_status not in (None, "TERMINATED"):
+            status = "unfinished"  # ASHA did not stop it: the search did not get to it
         elif epochs < max_epochs:
             status = "stopped early"
         else:

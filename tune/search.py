@@ -21,7 +21,16 @@ from typing import Any
 from infoprompt.cli import ArgumentParser, add_config_arguments, guarded
 from infoprompt.errors import InfoPromptError
 from tune.connection import check_cluster, connect, default_concurrency
-from tune.experiment import experiment_path, is_uri, load_settings, publish, save_settings
+from tune.experiment import (
+    check_storage,
+    experiment_lock,
+    experiment_path,
+    is_uri,
+    load_settings,
+    publish,
+    save_settings,
+)
+from tune.interrupt import interrupted_message, sigint_watched, unfinished_trials
 from tune.settings import SearchSettings, add_settings_arguments, resumed, settings_from_args
 from tune.space import SPACE, add_space_arguments, paper_point
 
@@ -136,14 +145,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def search(settings: SearchSettings, *, given: set[str] = frozenset()) -> dict[str, Any]:
     """Run a search (or, with settings.resume, continue one). `given`: the fields the user
-    set explicitly; on resume they must agree with the experiment's saved settings."""
+    set explicitly; on resume they must agree with the experiment's saved settings.
+    Interrupted (Ctrl-C), it raises KeyboardInterrupt whose message is the command that
+    continues it."""
     check_gpus(settings)
     storage, name = experiment_path(settings)
     path = f"{storage.rstrip('/')}/{name}"
+    # Reachable and writable, and a new search's name not taken, before Ray starts.
+    check_storage(storage, name, new=not settings.resume)
 
     # Save the experiment state every second rather than every 10 s or more, so that a
     # killed driver leaves state that names checkpoints still on disk.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    try:
+        with experiment_lock(storage, name, new=not settings.resume):
+            return _locked_search(settings, given, storage, name, path)
+    except KeyboardInterrupt:  # Ctrl-C, once (Ray saved the state) or twice: how to go on
+        raise KeyboardInterrupt(interrupted_message(storage=storage, name=name,
+                                                    address=settings.address)) from None
+
+
+def _locked_search(settings: SearchSettings, given: set[str], storage: str, name: str,
+                   path: str) -> dict[str, Any]:
     import ray
     import ray.tune
 
@@ -159,10 +182,15 @@ def search(settings: SearchSettings, *, given: set[str] = frozenset()) -> dict[s
             check_gpus(settings)
 
     from infoprompt.store import load_splits
-    from tune.study import warm_trials
+    from tune.study import check_study_name, warm_trials
 
+    check_study_name(settings, name)
     warm = warm_trials(settings)  # refused before any work if it does not match
     splits = load_splits(settings.config, with_test=False)  # the search never reads test
+    if settings.cv_folds > 1:  # refused now, not by every attempt of every trial
+        from tune.trainable import rotations
+
+        rotations(splits, settings.cv_folds, seed=settings.config.seed)
     connect(settings.address)
     try:
         return _search(settings, splits, storage, name, path, warm)
@@ -199,7 +227,10 @@ def _search(settings: SearchSettings, splits: Any, storage: str, name: str, path
         tuner = build_tuner(settings, splits, storage_path=storage, name=name,
                             max_concurrent=concurrent, study_url=study_url)
     started = time.perf_counter()
-    grid = tuner.fit()
+    with sigint_watched() as sigint:
+        grid = tuner.fit()
+    if sigint.seen or unfinished_trials(grid):  # Ray saved it: no final evaluation, no reports
+        raise KeyboardInterrupt
     rows = report.trial_rows(grid, cfg.epochs)
     summary = report.summarize(task=cfg.task, metric=splits.task.metric,
                                method=cfg.method.value, trials=rows, final={},

@@ -20,8 +20,8 @@ from tune.experiment import SETTINGS, is_uri, load_settings, storage_root
 from tune.settings import SearchSettings
 from tune.space import searched_fields
 
-__all__ = ["STUDY_FILE", "load_study", "prepare_study", "study_storage", "warm_trials",
-           "write_plots"]
+__all__ = ["STUDY_FILE", "check_study_name", "load_study", "prepare_study", "study_storage",
+           "warm_trials", "write_plots"]
 
 STUDY_FILE = "optuna.db"
 # Optuna's own plots, saved beside results.json: file -> what it shows.
@@ -67,26 +67,40 @@ def _shown(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def prepare_study(settings: SearchSettings, url: str, name: str,
-                  warm: list[Any] = ()) -> None:
-    """Create the study (with the warm-start trials), refusing a name already taken unless
-    the search is resumed."""
+def _study_exists(url: str, name: str) -> bool:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        exists = name in optuna.study.get_all_study_names(storage=url)
+        return name in optuna.study.get_all_study_names(storage=url)
     except Exception as error:  # noqa: BLE001 - SQLAlchemy raises many kinds
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:160]
         raise InfoPromptError(f"--optuna-storage {_shown(url)}: cannot open it ({reason}); "
                               "give a reachable database URL (sqlite:///…, postgresql://…, "
                               "mysql://…)") from None
+
+
+def check_study_name(settings: SearchSettings, name: str) -> None:
+    """Before Ray starts: a shared --optuna-storage must not hold a study of this name
+    already, unless the search is resumed. (The default file lives in the experiment's own
+    folder, which tune/experiment.py already keeps to one search.)"""
+    if settings.optuna_storage and not settings.resume and \
+            _study_exists(settings.optuna_storage, name):
+        raise InfoPromptError(f"an Optuna study named {name!r} already exists in "
+                              f"{_shown(settings.optuna_storage)}; choose another --name, or "
+                              "pass --resume to continue that search")
+
+
+def prepare_study(settings: SearchSettings, url: str, name: str,
+                  warm: list[Any] = ()) -> None:
+    """Create the study, with the warm-start trials (a resumed search has its study)."""
+    import optuna
+
     if settings.resume:
         return
-    if exists:
-        raise InfoPromptError(f"an Optuna study named {name!r} already exists in "
-                              f"{_shown(url)}; choose another --name, or pass --resume to "
-                              "continue that search")
+    check_study_name(settings, name)
+    if _study_exists(url, name):  # the experiment's own file: a start that failed before Ray
+        optuna.delete_study(study_name=name, storage=url)
     study = optuna.create_study(storage=url, study_name=name, direction="maximize")
     if warm:
         study.add_trials(warm)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,8 @@ from infoprompt.store import Splits
 from infoprompt.train import Training, fit, resolve_device
 from tune.objective import Objective, objective_value
 
-__all__ = ["cap_gpu_memory", "final_fit", "gpu_memory_fraction", "release_memory", "rotations",
-           "trainable"]
+__all__ = ["cap_gpu_memory", "final_fit", "gpu_memory_fraction", "load_states",
+           "release_memory", "rotations", "trainable"]
 
 STATE_FILE = "state.pt"
 PER_RUN_ONLY = {"best_valid_metric", "best_epoch"}
@@ -142,7 +143,19 @@ def _restored_states() -> list[dict] | None:
     if checkpoint is None:
         return None
     with checkpoint.as_directory() as folder:
-        return torch.load(os.path.join(folder, STATE_FILE), weights_only=False)
+        return load_states(os.path.join(folder, STATE_FILE))
+
+
+def load_states(path: str) -> list[dict]:
+    """A trial's state.pt: tensors and plain data only. weights_only=True unpickles nothing
+    else, so a tampered file cannot run code on --resume (Training.state() needs no more)."""
+    try:
+        # On the CPU first: a checkpoint written on a GPU must load on a node without one.
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as error:
+        reason = (str(error).strip().splitlines() or ["not a state file"])[0][:200]
+        raise InfoPromptError(f"checkpoint {path} holds more than tensors and plain data; "
+                              f"refusing to load it (tampered with?): {reason}") from None
 
 
 def final_fit(cfg: InfoPromptConfig, splits: Splits) -> dict[str, Any]:
