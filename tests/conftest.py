@@ -114,17 +114,31 @@ def torch_one_thread():
 # --- GPU-only tests --------------------------------------------------------------------------
 
 
-def pytest_collection_modifyitems(config, items):
-    """Tests marked `cuda` need a CUDA GPU: without one each is skipped, with that reason
-    (`bash bench/gpu_check.sh` runs them on one)."""
-    marked = [item for item in items if item.get_closest_marker("cuda")]
-    if not marked:
-        return
+def _no_cuda() -> bool:
     import torch
 
-    if torch.cuda.is_available():
+    return not torch.cuda.is_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` need a CUDA GPU. Without one they are left out of the run (a CPU
+    machine, CI included, has nothing to skip), unless `-m cuda` asks for them: then each is
+    skipped with that reason. `bash bench/gpu_check.sh` runs them on a GPU."""
+    marked = [item for item in items if item.get_closest_marker("cuda")]
+    if not marked or not _no_cuda():
         return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU and torch sees none; "
-                                   "`bash bench/gpu_check.sh` runs it on one")
-    for item in marked:
-        item.add_marker(skip)
+    if "cuda" in (config.getoption("markexpr") or ""):
+        skip = pytest.mark.skip(reason="needs a CUDA GPU and torch sees none; "
+                                       "`bash bench/gpu_check.sh` runs it on one")
+        for item in marked:
+            item.add_marker(skip)
+        return
+    config.hook.pytest_deselected(items=marked)
+    items[:] = [item for item in items if not item.get_closest_marker("cuda")]
+
+
+def pytest_report_header(config):
+    if _no_cuda():
+        return ("tests marked cuda: left out, torch sees no CUDA GPU "
+                "(bash bench/gpu_check.sh runs them on one)")
+    return None
