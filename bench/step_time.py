@@ -39,7 +39,6 @@ import gc
 import json
 import math
 import os
-import platform
 import re
 import shlex
 import statistics
@@ -55,7 +54,7 @@ import torch
 
 from infoprompt.batching import SplitTensors, epoch_order
 from infoprompt.encoder import load_encoder
-from infoprompt.precision import FORCE_ENV, bf16_slow_reason, cpu_bf16_feature
+from infoprompt.precision import FORCE_ENV, bf16_slow_reason, cpu_bf16_feature, cpu_name
 from infoprompt.store import load_splits
 from infoprompt.train import Training
 
@@ -463,16 +462,6 @@ def markdown(result: dict, command: str) -> str:
         f"{mem['second_reader_private_growth_bytes'] / 2**20:.2f} MiB when it mapped and "
         "touched the tables).")
     return "\n".join(out) + "\n"
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(argv: list[str] | None = None) -> dict | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["FORCE_ENV", "bf16_slow_reason", "cpu_bf16_feature", "use_bf16"]
+__all__ = ["FORCE_ENV", "bf16_slow_reason", "cpu_bf16_feature", "cpu_name", "use_bf16"]
 
 FORCE_ENV = "INFOPROMPT_FORCE_BF16"  # =1: keep bf16 wherever asked (measuring it, say)
 CPU_FLAGS = ("amx_bf16", "avx512_bf16", "bf16")  # x86 flags; "bf16" is ARM's (Features)
@@ -40,7 +40,8 @@ def cpu_bf16_feature() -> str | None:
     return next((flag for flag in CPU_FLAGS if flag in flags), None)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -55,7 +56,7 @@ def bf16_slow_reason(device: torch.device) -> str | None:
     if os.environ.get(FORCE_ENV, "").strip() == "1":
         return None
     if device.type == "cpu" and cpu_bf16_feature() is None:
-        return (f"this CPU ({_cpu_name()}) has no native bf16 (no {', '.join(CPU_FLAGS[:2])}), "
+        return (f"this CPU ({cpu_name()}) has no native bf16 (no {', '.join(CPU_FLAGS[:2])}), "
                 "where bf16 autocast is emulated and much slower than fp32 (21x for MiniLM on an "
                 "AVX2-only EPYC)")
     if device.type == "cuda" and not torch.cuda.is_bf16_supported(including_emulation=False):
