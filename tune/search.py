@@ -157,6 +157,10 @@ def search(settings: SearchSettings, *, given: set[str] = frozenset()) -> dict[s
     # Save the experiment state every second rather than every 10 s or more, so that a
     # killed driver leaves state that names checkpoints still on disk.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    # A stopped trial's thread gets this long to end before Tune refuses to reuse its worker
+    # (default 2 s). On a loaded machine a refusal errored the next trial ("Could not re-use
+    # actor"), and that search then stalled with trials left to run (seen once, 2 of 16).
+    os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", "60")
     try:
         with experiment_lock(storage, name, new=not settings.resume):
             return _locked_search(settings, given, storage, name, path)

@@ -64,11 +64,13 @@ def cap_gpu_memory(share: float, device: torch.device) -> float | None:
 
 def release_memory(device: torch.device, held: list) -> None:
     """End of a trial: Tune reuses the worker process for the next trial (reuse_actors), so
-    drop this one's models and optimizer states and hand the CUDA cache back (other trials
-    on the same GPU can use it)."""
+    drop this one's models and optimizer states and, on CUDA, hand the cache back (other
+    trials on the same GPU can use it). On CPU dropping the references frees them; a full
+    gc.collect() there only delays the end of the trial, and Tune gives a stopped trial's
+    thread a few seconds to end before it refuses to reuse the worker."""
     held.clear()
-    gc.collect()
     if device.type == "cuda":
+        gc.collect()
         torch.cuda.empty_cache()
 
 
