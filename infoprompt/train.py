@@ -133,8 +133,7 @@ class Training:
         """L = L_pred + β·NCE_rep + γ·NCE_head (eq. 11) + vib·KL, and the terms."""
         cfg, model = self.cfg, self.model
         with self.autocast():
-            vib_noise = (torch.randn(len(batch["labels"]), model.head.in_features,
-                                     device=self.device) if cfg.effective_vib else None)
+            vib_noise = self._vib_noise(len(batch["labels"])) if cfg.effective_vib else None
             z, logits, prompts = model(batch["input_ids"], batch["attention_mask"],
                                        batch["mask_pos"], batch["p_free"], vib_noise)
             out = {"loss_pred": F.cross_entropy(logits.float(), batch["labels"])}
@@ -150,6 +149,16 @@ class Training:
         out["prompt_norm"] = (prompts.detach().float().norm(dim=-1).mean()
                               if prompts is not None else zero)
         return out
+
+    def _vib_noise(self, rows: int) -> torch.Tensor:
+        """ε (rows, D) of the head's latent, drawn from (seed, step) alone: what the head
+        reads never depends on how many numbers the NCE terms drew (pred_only logs them at
+        weight 0, with K or the estimator changing only the shared random stream)."""
+        step = self.scheduler.last_epoch  # steps taken: a resumed run draws the same
+        generator = torch.Generator(self.device).manual_seed(((self.cfg.seed << 32) + step)
+                                                             % 2 ** 64)
+        return torch.randn(rows, self.model.head.in_features, generator=generator,
+                           device=self.device)
 
     def _nce_terms(self, batch: dict[str, torch.Tensor], z: torch.Tensor, logits: torch.Tensor,
                    p_bar: torch.Tensor) -> dict[str, torch.Tensor]:
