@@ -3,6 +3,8 @@ point, the generated flags and the checks on the values a user narrows them to."
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 from ray.tune.search.sample import Categorical, Float
 
@@ -12,6 +14,7 @@ from tune.space import (
     SPACE,
     Choice,
     Range,
+    add_space_arguments,
     default_point,
     flag,
     narrowed,
@@ -21,14 +24,17 @@ from tune.space import (
 )
 
 ALL_FIVE = {"beta", "gamma", "k_negatives", "lr", "bottleneck"}
-PAPER = {"beta": 0.1, "gamma": 0.05, "k_negatives": 32, "lr": 1e-3, "bottleneck": 64}
+MI = {"estimator", "vib"}  # the estimator and the VIB weight: with an MI term
+PAPER = {"beta": 0.1, "gamma": 0.05, "k_negatives": 32, "lr": 1e-3, "bottleneck": 64,
+         "estimator": "paper", "vib": 0.0}
 SEARCHED = [
-    (Method.INFOPROMPT, Critic.BILINEAR, ALL_FIVE),  # τ only matters for a bounded critic
-    (Method.INFOPROMPT, Critic.COSINE, ALL_FIVE | {"temperature"}),
-    (Method.GAMMA0, Critic.BILINEAR, {"lr", "beta", "k_negatives", "bottleneck"}),
-    (Method.BETA0, Critic.BILINEAR, {"lr", "gamma", "k_negatives", "bottleneck"}),
-    (Method.PRED_ONLY, Critic.BILINEAR, {"lr", "bottleneck"}),  # no MI term in the loss
-    (Method.PRED_ONLY, Critic.COSINE, {"lr", "bottleneck"}),
+    (Method.INFOPROMPT, Critic.BILINEAR, ALL_FIVE | MI),  # τ only matters for a bounded critic
+    (Method.INFOPROMPT, Critic.COSINE, ALL_FIVE | MI | {"temperature"}),
+    (Method.GAMMA0, Critic.BILINEAR, {"lr", "beta", "k_negatives", "bottleneck"} | MI),
+    (Method.BETA0, Critic.BILINEAR, {"lr", "gamma", "k_negatives", "bottleneck"} | MI),
+    # no MI term in the loss; VIB still changes what the head reads
+    (Method.PRED_ONLY, Critic.BILINEAR, {"lr", "bottleneck", "vib"}),
+    (Method.PRED_ONLY, Critic.COSINE, {"lr", "bottleneck", "vib"}),
     (Method.IDPG, Critic.BILINEAR, {"lr", "bottleneck"}),
     (Method.WARP, Critic.BILINEAR, {"lr"}),  # free prompt vectors: no bottleneck
     (Method.ADAPTER, Critic.BILINEAR, {"lr", "bottleneck"}),  # r is the adapters' width
@@ -43,28 +49,43 @@ def test_param_space_has_only_the_fields_the_config_uses(method, critic, fields)
     assert default_point(cfg, SPACE) == {name: PAPER.get(name, 0.1) for name in fields}
 
 
-def _losses_after_two_steps(cfg: InfoPromptConfig, splits) -> list[float]:
+def test_in_batch_searches_no_k():
+    """Under in_batch K is the batch size: k_negatives changes nothing."""
+    cfg = InfoPromptConfig(estimator="in_batch")
+    assert set(param_space(cfg, SPACE)) == (ALL_FIVE | MI) - {"k_negatives"}
+
+
+def _losses_of_three_steps(cfg: InfoPromptConfig, splits) -> list[float]:
+    """Three: the schedule's first step has lr 0, so lr first shows in the third loss."""
     from infoprompt.train import Training
 
     training = Training(cfg, splits)
     return [training.step(training.batch(training.train_data, list(range(8))))["loss"].item()
-            for _ in range(2)]
+            for _ in range(3)]
+
+
+# Single-valued by default in SPACE: the two values a user would widen them to.
+WIDENED = {"estimator": ("paper", "in_batch"), "vib": (0.0, 0.1)}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, critic", [(m, c) for m, c, _ in SEARCHED])
+@pytest.mark.parametrize("method, critic, changes", [
+    *((m, c, {}) for m, c, _ in SEARCHED),
+    (Method.INFOPROMPT, Critic.BILINEAR, {"estimator": "in_batch"}),
+    (Method.PRED_ONLY, Critic.BILINEAR, {"vib": 0.1}),
+])
 def test_a_field_is_searched_exactly_when_it_changes_what_is_trained(
-        method, critic, demo_splits_16, torch_one_thread):
+        method, critic, changes, demo_splits_16, torch_one_thread):
     """Two short runs that differ in one SPACE field only: the losses differ if and only if
     that field is searched for this configuration (else the sampler would chase noise, or
     miss a knob that matters)."""
-    base = InfoPromptConfig(method=method, critic=critic, epochs=1, device="cpu")
+    base = InfoPromptConfig(method=method, critic=critic, epochs=1, device="cpu", **changes)
     searched = searched_fields(base, SPACE)
     splits = demo_splits_16.without_test()
     for name, entry in SPACE.items():
-        low, high = entry.values[0], entry.values[-1]
-        changed = (_losses_after_two_steps(base.replace(**{name: low}), splits)
-                   != _losses_after_two_steps(base.replace(**{name: high}), splits))
+        low, high = WIDENED.get(name, (entry.values[0], entry.values[-1]))
+        changed = (_losses_of_three_steps(base.replace(**{name: low}), splits)
+                   != _losses_of_three_steps(base.replace(**{name: high}), splits))
         assert changed == (name in searched), (name, low, high)
 
 
@@ -85,7 +106,7 @@ def test_flags_are_generated_from_the_space():
 
     assert [flag(name) for name in SPACE] == [
         "--beta-range", "--gamma-range", "--k-negatives-choices", "--lr-range",
-        "--bottleneck-choices", "--temperature-range"]
+        "--bottleneck-choices", "--temperature-range", "--estimator-choices", "--vib-choices"]
     args = parse_args(["--temperature-range", "0.05", "0.5", "--k-negatives-choices", "8", "16"])
     from tune.space import space_from_args
 
@@ -93,6 +114,24 @@ def test_flags_are_generated_from_the_space():
     assert space["temperature"] == Range(0.05, 0.5)
     assert space["k_negatives"] == Choice((8, 16))
     assert space["lr"] == SPACE["lr"]
+
+
+def test_estimator_and_vib_are_widened_by_their_flags():
+    from tune.search import parse_args
+    from tune.space import space_from_args
+
+    args = parse_args(["--estimator-choices", "paper", "in_batch", "--vib-choices", "0", "0.1"])
+    space = space_from_args(args)
+    assert space["estimator"] == Choice(("paper", "in_batch"))
+    assert space["vib"] == Choice((0.0, 0.1))
+    assert param_space(InfoPromptConfig(), space)["estimator"].categories == ["paper",
+                                                                              "in_batch"]
+    # the help shows string choices too
+    parser = argparse.ArgumentParser()
+    add_space_arguments(parser)
+    shown = " ".join(parser.format_help().split())
+    assert "estimator: one of these (default: paper)" in shown
+    assert "vib: one of these (default: 0)" in shown
 
 
 def test_narrowed_ranges_reach_the_samplers():
@@ -107,7 +146,7 @@ def test_narrowed_ranges_reach_the_samplers():
 def test_default_point_is_the_papers_defaults():
     assert default_point(InfoPromptConfig(), SPACE) == PAPER
     assert default_point(InfoPromptConfig(method="pred_only"), SPACE) == \
-        {"lr": 1e-3, "bottleneck": 64}
+        {"lr": 1e-3, "bottleneck": 64, "vib": 0.0}
     warp = InfoPromptConfig(method="warp")
     assert default_point(warp, SPACE) == {"lr": 1e-3}
     # A single-value range that is the default still contains it.
@@ -146,6 +185,9 @@ def test_default_point_ignores_fields_the_config_does_not_search():
     ({"bottleneck": Choice((0, 64))},
      "--bottleneck-choices 0 64: bottleneck must be >= 1, got 0"),
     ({"temperature": Range(0.0, 1.0)}, "--temperature-range needs 0 < LOW <= HIGH"),
+    ({"estimator": Choice(("paper", "bogus"))},
+     "--estimator-choices paper bogus: unknown estimator 'bogus'; choose one of: paper"),
+    ({"vib": Choice((0.0, -0.1))}, "--vib-choices 0 -0.1: vib must be a finite number >= 0"),
 ])
 def test_narrowed_rejects_bad_ranges(override, message):
     with pytest.raises(InfoPromptError) as caught:

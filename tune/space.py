@@ -67,7 +67,17 @@ SPACE: dict[str, Entry] = {
     "lr": Range(1e-4, 1e-2),
     "bottleneck": Choice((16, 32, 64, 128, 256)),
     "temperature": Range(0.01, 1.0),
+    # Single-valued by default: the paper's estimator, no VIB. Widen them with
+    # --estimator-choices paper in_batch, --vib-choices 0 0.1.
+    "estimator": Choice(("paper",)),
+    "vib": Choice((0.0,)),
 }
+
+
+def _show(values: tuple[Any, ...]) -> str:
+    """Values as a user types them: numbers in %g, strings (an estimator) as they are."""
+    return " ".join(f"{v:g}" if isinstance(v, (int, float)) else str(getattr(v, "value", v))
+                    for v in values)
 
 
 def flag(name: str) -> str:
@@ -79,7 +89,7 @@ def flag(name: str) -> str:
 def add_space_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("search space (each flag narrows one searched field)")
     for name, entry in SPACE.items():
-        shown = " ".join(f"{v:g}" for v in entry.values)
+        shown = _show(entry.values)
         if isinstance(entry, Range):
             group.add_argument(flag(name), dest=f"{name}_space", type=float, nargs=2,
                                metavar=("LOW", "HIGH"), default=argparse.SUPPRESS,
@@ -105,7 +115,7 @@ def narrowed(overrides: Mapping[str, Entry]) -> dict[str, Entry]:
     """SPACE with the user's entries, each value checked by InfoPromptConfig itself."""
     space = dict(SPACE)
     for name, entry in overrides.items():
-        shown = " ".join(f"{v:g}" for v in entry.values)
+        shown = _show(entry.values)
         if isinstance(entry, Range) and not 0 < entry.low <= entry.high:
             raise InfoPromptError(f"{flag(name)} needs 0 < LOW <= HIGH, got {shown}")
         for value in entry.values:
