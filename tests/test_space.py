@@ -199,3 +199,9 @@ def test_narrowed_rejects_bad_ranges(override, message):
 def test_narrowed_accepts_edge_values():
     assert narrowed({"k_negatives": Choice((2,))})["k_negatives"].options == (2,)
     assert narrowed({"lr": Range(1e-3, 1e-3)})["lr"] == Range(1e-3, 1e-3)
+
+
+def test_paper_point_holds_plain_values():
+    """It goes to Optuna and into results JSON: the estimator as its string, not the enum."""
+    point = paper_point(InfoPromptConfig(), SPACE)
+    assert point == PAPER and type(point["estimator"]) is str

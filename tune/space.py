@@ -138,9 +138,9 @@ def param_space(cfg: InfoPromptConfig, space: Space = SPACE) -> dict[str, Any]:
 
 
 def paper_point(cfg: InfoPromptConfig, space: Space = SPACE) -> dict[str, Any]:
-    """The paper's defaults for the fields `cfg` searches."""
-    paper = InfoPromptConfig()
-    return {name: getattr(paper, name) for name in searched_fields(cfg, space)}
+    """The paper's defaults for the fields `cfg` searches, as plain values (no enums)."""
+    paper = InfoPromptConfig().to_dict()
+    return {name: paper[name] for name in searched_fields(cfg, space)}
 
 
 def default_point(cfg: InfoPromptConfig, space: Space = SPACE) -> dict[str, Any] | None:
