@@ -202,7 +202,18 @@ def aggregate(store: Store, args: argparse.Namespace) -> dict[str, Any]:
                     if "vs_pred_only" in row.get(t, {})]
         row["goal"] = (len(verdicts) == len(args.tasks) and "better" in verdicts
                        and "worse" not in verdicts)
+        # The MI terms keep a signal: on every task, both shuffle gaps above GAP in at least
+        # half of the epochs.
+        row["signal"] = label != BASELINE and all(
+            2 * _epochs_above(row[t]["diagnostics"]) >= len(row[t]["diagnostics"]["gap_rep"])
+            for t in args.tasks if t in row)
     return table
+
+
+def _epochs_above(diagnostics: dict[str, list[float]]) -> int:
+    """Epochs in which both shuffle gaps exceed GAP."""
+    return sum(r > GAP and h > GAP
+               for r, h in zip(diagnostics["gap_rep"], diagnostics["gap_head"]))
 
 
 def _signed(x: float) -> str:
@@ -215,7 +226,7 @@ def _at(series: list[float], epochs: list[int], digits: str) -> str:
 
 
 def markdown(table: dict[str, Any], cost: dict[str, Any], args: argparse.Namespace,
-             wall: float) -> str:
+             footer: str) -> str:
     tasks = args.tasks
     metric = {"cola": "MCC", "sst2": "acc.", "demo": "acc."}
     head = ["configuration"]
@@ -249,13 +260,14 @@ def markdown(table: dict[str, Any], cost: dict[str, Any], args: argparse.Namespa
             if stats is None:
                 continue
             d = stats["diagnostics"]
-            above = sum(r > GAP and h > GAP for r, h in zip(d["gap_rep"], d["gap_head"]))
+            above = _epochs_above(d)
             cells = [_at(d[name], epochs, digits) for name, digits in (
                 ("gap_rep", ".3f"), ("gap_head", ".3f"), ("ratio_rep", ".2g"),
                 ("ratio_head", ".2g"))]
             diag.append(f"| {label} | {TASK_TITLE.get(task, task)} | {' | '.join(cells)} | "
                         f"{above}/{len(d['gap_rep'])} |")
     met = [label for label in args.configs if table.get(label, {}).get("goal")]
+    signal = [label for label in args.configs if table.get(label, {}).get("signal")]
     return "\n".join([
         "## InfoNCE estimators against pred_only (`bench/mi_estimators.py`)", "",
         f"Test metric (GLUE dev; CoLA: Matthews corr., SST-2: accuracy) over {args.seeds} seeds, "
@@ -264,7 +276,7 @@ def markdown(table: dict[str, Any], cost: dict[str, Any], args: argparse.Namespa
         "`metrics.paired_difference`: \"better\" only when the CI excludes 0. Goal (issue 11): "
         "the CI lies above 0 on one task and not below 0 on the other.", "",
         *lines, "",
-        "Configurations that meet the goal: " + (", ".join(met) if met else "none") + ".", "",
+        "Configurations that meet the goal: " + ("; ".join(met) if met else "none") + ".", "",
         f"Diagnostics, mean over seeds per epoch (ep {shown}). Shuffle gap: the NCE term with "
         "P̄ rolled by one across the batch (same noise and negatives) minus the term, in nats; "
         "0 means the critic ignores the prompt. Gradient ratio: the β- or γ-weighted term's "
@@ -272,6 +284,8 @@ def markdown(table: dict[str, Any], cost: dict[str, Any], args: argparse.Namespa
         "so vib·KL too), one batch per epoch, ratio of the seed means. pred_only trains no "
         "critic (β = γ = 0): its gaps are those of the untrained critics.", "",
         *diag, "",
+        f"MI terms that keep a signal (both gaps > {GAP:g} in at least half of the epochs, on "
+        "every task): " + ("; ".join(signal) if signal else "none") + ".", "",
         f"Cost of the diagnostics (`diagnostics=True`, the default): a "
         f"{TASK_TITLE.get(cost['task'], cost['task'])} {args.shots}-shot epoch "
         f"({cost['steps']} steps + the valid evaluation, one thread) takes "
@@ -285,8 +299,8 @@ def markdown(table: dict[str, Any], cost: dict[str, Any], args: argparse.Namespa
         "(batch 8, lr 1e-3, r 64, n_p 4; InfoPrompt rows β 0.1, γ 0.05, K 32 under `paper`, "
         "K = the batch under `in_batch`, hard negative on, cosine τ 0.1), keeps its best-valid "
         "epoch and is scored once on GLUE dev.", "",
-        provenance(wall) + f" Fits ran in {args.workers} worker processes, 1 torch thread "
-        f"each. Per-run results: `{_display(args.results)}`.",
+        footer + f" Fits ran in {args.workers} worker processes, 1 torch thread each. "
+        f"Per-run results: `{_display(args.results)}`.",
     ])
 
 
@@ -339,15 +353,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                       f"({run['seconds']:.0f}s; {(time.perf_counter() - started) / 60:.1f} min "
                       "in)", flush=True)
 
-    # The wall time of every invocation that trained something: a re-run that only rewrites
-    # the section reports the time the figures took, not its own seconds.
+    # The footer (command, wall time, machine) of the invocations that trained something: a
+    # re-run that only rewrites the section reports the run that made the figures.
     wall = time.perf_counter() - started
     if jobs:
         store.data["wall_seconds"] = store.data.get("wall_seconds", 0.0) + wall
+        store.data["provenance"] = provenance(store.data["wall_seconds"])
         store.save()
     wall = store.data.get("wall_seconds", wall)
     table = aggregate(store, args)
-    text = markdown(table, cost, args, wall)
+    text = markdown(table, cost, args, store.data.get("provenance") or provenance(wall))
     print("\n" + text + "\n", flush=True)
     if not args.no_write:
         write_section(SECTION, text)
