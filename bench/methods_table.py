@@ -1,10 +1,10 @@
 """Few-shot methods table shaped like the paper's Table 3 (64-shot CoLA and SST-2), on MiniLM.
 
 Rows: a linear probe on the stored frozen features P' (LogisticRegression, C chosen on valid),
-finetune, adapter, warp, idpg, infoprompt (paper defaults, bilinear critic), infoprompt with
-the cosine critic, the ablations gamma0, beta0, pred_only, and infoprompt with the best
-configuration of a search on that task (selected on valid only), once with --cv-folds 1 and
-once with --cv-folds 2.
+finetune, adapter, warp, idpg, infoprompt with the paper's estimator (paper defaults, bilinear
+critic, and the cosine critic), infoprompt with our default in-batch negatives, the ablations
+gamma0, beta0 (default estimator), pred_only, and infoprompt with the best configuration of a
+search on that task (selected on valid only), one row per --cv-folds value.
 
 Protocol (every row the same): seeds 0..N-1 each draw their own 64-shot train and valid split
 from GLUE train; a run trains `--epochs` epochs, keeps the parameters of its best-valid epoch
@@ -40,8 +40,10 @@ FIXED_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "Adapter": ("adapter", {}),
     "WARP": ("warp", {}),
     "IDPG": ("idpg", {}),
-    "InfoPrompt (bilinear critic, paper defaults)": ("infoprompt", {}),
-    "InfoPrompt, cosine critic": ("infoprompt", {"critic": "cosine"}),
+    "InfoPrompt (bilinear critic, paper defaults)": ("infoprompt", {"estimator": "paper"}),
+    "InfoPrompt, cosine critic (paper estimator)": ("infoprompt", {"estimator": "paper",
+                                                                   "critic": "cosine"}),
+    "InfoPrompt, in-batch negatives (our default)": ("infoprompt", {}),
     "γ = 0 (gamma0)": ("gamma0", {}),
     "β = 0 (beta0)": ("beta0", {}),
     "γ = 0, β = 0 (pred_only)": ("pred_only", {}),
@@ -285,7 +287,9 @@ def markdown(store: Store, table: dict[str, Any], labels: list[str],
         f"Protocol: seed s draws its own class-balanced {args.shots}-shot train and a disjoint "
         f"{args.shots}-shot valid split from GLUE train; each run trains {args.epochs} epochs "
         "(batch 8, paper defaults: lr 1e-3, β 0.1, γ 0.05, K 32, r 64, n_p 4; finetune: "
-        "encoder lr 2e-5), keeps its best-valid epoch and is scored once on GLUE dev. Linear "
+        "encoder lr 2e-5; the rows marked paper use the paper's InfoNCE negatives, the others "
+        "our default in-batch negatives), keeps its best-valid epoch and is scored once on "
+        "GLUE dev. Linear "
         "probe: sklearn LogisticRegression on the stored prompt-free mean-pooled features P', "
         "C ∈ {0.01, 0.1, 1, 10, 100} chosen on valid, trained on train. Searched rows: "
         f"`tune/search.py` (Optuna TPE + ASHA, {args.search_samples} trials of at most "

@@ -17,7 +17,7 @@ from typing import Any
 from infoprompt.errors import InfoPromptError
 from infoprompt.tasks import TASKS
 
-__all__ = ["ConfigError", "Critic", "InfoPromptConfig", "Method"]
+__all__ = ["ConfigError", "Critic", "Estimator", "InfoPromptConfig", "Method"]
 
 
 class ConfigError(InfoPromptError):
@@ -88,6 +88,13 @@ class Critic(str, Enum):
     COSINE = "cosine"  # cos(a, W b) / τ: bounded scores, cannot be won by growing norms
 
 
+class Estimator(str, Enum):
+    """Where the InfoNCE negatives come from (docs/design.md 2.7)."""
+
+    PAPER = "paper"  # NCE_rep: the example's own Z' + noise; NCE_head: tokens of X
+    IN_BATCH = "in_batch"  # the same variable as the positive, from the batch's other examples
+
+
 def _choices(enum: type[Enum]) -> str:
     return ", ".join(m.value for m in enum)
 
@@ -137,6 +144,17 @@ class InfoPromptConfig:
     bottleneck: int = _field(64, "r: bottleneck width of the prompt generator (and adapters)")
     temperature: float = _field(0.1, "τ of the cosine critic")
     log_sigma_max: float = _field(2.0, "σ = exp(clamp(f_σ, ±this)) keeps the noise bounded")
+    # Not the paper's: its estimator's critics ignore the prompt after one epoch
+    # (BENCHMARKS.md, "InfoNCE estimators"); `paper` reproduces it.
+    estimator: Estimator = _field(Estimator.IN_BATCH, "InfoNCE negatives: in_batch (the other "
+                                                      "examples' Z samples and P̄) or paper "
+                                                      "(the example's own Z' + noise, X's "
+                                                      "tokens)")
+    hard_negative: bool = _field(True, "in_batch: the example's own prompt-free sample "
+                                       "μ(Z')+σ(Z')ε as one extra negative of NCE_rep")
+    vib: float = _field(0.0, "weight of a VIB term: the head reads z = μ(Z)+σ(Z)ε (μ(Z) at "
+                             "evaluation) and the loss adds vib·KL(N(μ,σ²) ‖ N(0,I)), "
+                             "averaged over dimensions")
 
     # --- optimisation ---
     lr: float = _field(1e-3, "AdamW learning rate of the trainable parts")
@@ -149,6 +167,8 @@ class InfoPromptConfig:
     bf16: bool = _field(False, "bf16 autocast (CPU and CUDA)")
     device: str = _field("auto", "auto (cuda when available, else cpu), cpu, cuda, cuda:N")
     eval_batch_size: int = _field(64, "batch size for evaluation")
+    diagnostics: bool = _field(True, "log each epoch: both NCE terms with P̄ shuffled across "
+                                     "the batch, and each term's gradient norm on the generator")
 
     def __post_init__(self) -> None:
         # Checked here, not when the data loads: both CLIs refuse it before importing torch.
@@ -166,7 +186,12 @@ class InfoPromptConfig:
         except ValueError:
             raise ConfigError(f"unknown critic {self.critic!r}; choose one of: "
                               f"{_choices(Critic)}") from None
-        for name in ("beta", "gamma"):
+        try:
+            object.__setattr__(self, "estimator", Estimator(self.estimator))
+        except ValueError:
+            raise ConfigError(f"unknown estimator {self.estimator!r}; choose one of: "
+                              f"{_choices(Estimator)}") from None
+        for name in ("beta", "gamma", "vib"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ConfigError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -183,6 +208,9 @@ class InfoPromptConfig:
         for name in ("bottleneck", "batch_size", "epochs", "n_prompts", "eval_batch_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.estimator is Estimator.IN_BATCH and self.batch_size < 2:
+            raise ConfigError("estimator in_batch contrasts the examples of a batch: it needs "
+                              f"batch_size >= 2, got {self.batch_size!r}")
         if self.shots is not None and self.shots < 2:
             raise ConfigError(f"shots must be >= 2 (or 'all'), got {self.shots!r}")
         if not 0 <= self.warmup_ratio < 1:
@@ -203,6 +231,19 @@ class InfoPromptConfig:
         return self.gamma if self.method.uses_head_loss else 0.0
 
     @property
+    def effective_vib(self) -> float:
+        """The VIB weight: zero for methods without f_μ and f_σ (no critics)."""
+        return self.vib if self.method.uses_critics else 0.0
+
+    @property
+    def nce_candidates(self) -> tuple[int, int]:
+        """K of NCE_rep and of NCE_head, the positive included (log K caps each bound). Under
+        in_batch, a full batch's: a smaller last batch scores fewer."""
+        if self.estimator is Estimator.PAPER:
+            return self.k_negatives, self.k_negatives
+        return self.batch_size + int(self.hard_negative), self.batch_size
+
+    @property
     def unused_fields(self) -> frozenset[str]:
         """Fields that change nothing this configuration trains (a search leaves them alone:
         varying them would only feed noise to the sampler)."""
@@ -210,11 +251,19 @@ class InfoPromptConfig:
         mi_loss = method.uses_rep_loss or method.uses_head_loss
         unused = set()
         if not method.uses_rep_loss:
-            unused |= {"beta", "log_sigma_max"}
+            unused.add("beta")
+        if not method.uses_rep_loss and not self.effective_vib:  # σ: NCE_rep's and VIB's
+            unused.add("log_sigma_max")
         if not method.uses_head_loss:
             unused.add("gamma")
         if not mi_loss:
+            unused.add("estimator")
+        if not mi_loss or self.estimator is Estimator.IN_BATCH:  # in_batch: K is the batch
             unused.add("k_negatives")
+        if not method.uses_rep_loss or self.estimator is not Estimator.IN_BATCH:
+            unused.add("hard_negative")
+        if not method.uses_critics:
+            unused.add("vib")
         if not mi_loss or self.critic is not Critic.COSINE:
             unused.add("temperature")
         if not method.uses_bottleneck:
@@ -233,6 +282,7 @@ class InfoPromptConfig:
         out = dataclasses.asdict(self)
         out["method"] = self.method.value
         out["critic"] = self.critic.value
+        out["estimator"] = self.estimator.value
         return out
 
     @classmethod

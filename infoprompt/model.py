@@ -11,7 +11,14 @@ from torch import nn
 
 from infoprompt.config import Critic, InfoPromptConfig
 
-__all__ = ["Adapter", "InfoPromptModel", "PairCritic", "PromptGenerator"]
+__all__ = ["Adapter", "InfoPromptModel", "PairCritic", "PromptGenerator", "gaussian"]
+
+
+def gaussian(f_mu: nn.Linear, f_sigma: nn.Linear, state: torch.Tensor,
+             log_sigma_max: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Gaussian a state is mapped to: μ = f_μ(state) and log σ = clamp(f_σ(state),
+    ±log_sigma_max), each (B, D) for a state (B, D). The clamp keeps the noise bounded."""
+    return f_mu(state), f_sigma(state).clamp(-log_sigma_max, log_sigma_max)
 
 
 class PromptGenerator(nn.Module):
@@ -119,9 +126,13 @@ class InfoPromptModel(nn.Module):
         return None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                mask_pos: torch.Tensor, p_free: torch.Tensor
+                mask_pos: torch.Tensor, p_free: torch.Tensor, noise: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Prompted pass. Returns Z (B, D) at the mask, logits (B, C), prompts (B, n_p, D)."""
+        """Prompted pass. Returns Z (B, D) at the mask, logits (B, C), prompts (B, n_p, D).
+
+        With `cfg.effective_vib` > 0 the head reads the bottleneck latent instead of Z:
+        μ(Z) + σ(Z)·noise for noise (B, D) (training), μ(Z) when noise is None (evaluation,
+        deterministic). Otherwise noise is ignored."""
         embeds = self.encoder.get_input_embeddings()(input_ids)
         prompts = self.prompts(p_free)
         if prompts is not None:
@@ -130,7 +141,11 @@ class InfoPromptModel(nn.Module):
         hidden = self.encoder(inputs_embeds=embeds,
                               attention_mask=attention_mask).last_hidden_state
         z = hidden[torch.arange(len(mask_pos), device=hidden.device), mask_pos]
-        return z, self.head(z), prompts
+        if not self.cfg.effective_vib:
+            return z, self.head(z), prompts
+        mu, log_sigma = gaussian(self.f_mu, self.f_sigma, z, self.cfg.log_sigma_max)
+        latent = mu if noise is None else mu + log_sigma.exp() * noise.to(mu.dtype)
+        return z, self.head(latent), prompts
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Only what training changes: a checkpoint never carries the frozen encoder."""

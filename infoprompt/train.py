@@ -17,19 +17,31 @@ import torch.nn.functional as F
 from transformers import get_linear_schedule_with_warmup
 
 from infoprompt.batching import SplitTensors, epoch_order, make_batch
-from infoprompt.config import InfoPromptConfig
+from infoprompt.config import Estimator, InfoPromptConfig
 from infoprompt.encoder import load_encoder
 from infoprompt.errors import InfoPromptError
-from infoprompt.losses import mi_bound, nce_head, nce_rep, sample_token_negatives
+from infoprompt.losses import (
+    mi_bound,
+    nce_head,
+    nce_rep,
+    rep_noise,
+    sample_token_negatives,
+    vib_kl,
+)
 from infoprompt.metrics import classification_metrics
-from infoprompt.model import InfoPromptModel
+from infoprompt.model import InfoPromptModel, gaussian
 from infoprompt.precision import use_bf16
 from infoprompt.store import Splits
 
 __all__ = ["Diverged", "Training", "fit", "linear_schedule", "resolve_device", "run"]
 
-LOSS_TERMS = ("loss", "loss_pred", "nce_rep", "nce_head")  # the objective and its terms
+LOSS_TERMS = ("loss", "loss_pred", "nce_rep", "nce_head", "kl")  # the objective and its terms
 STEP_MEANS = (*LOSS_TERMS, "prompt_norm")  # averaged over an epoch's steps
+# Diagnostics (cfg.diagnostics, methods with critics): both NCE terms with P̄ rolled by one
+# across the batch, averaged over the steps like the terms; equal to the term when its critic
+# ignores the prompt. Each term's gradient norm on the generator, from one batch per epoch.
+SHUFFLED = ("nce_rep_shuffled", "nce_head_shuffled")
+GRADIENTS = ("grad_pred", "grad_rep", "grad_head")
 
 
 class Diverged(InfoPromptError):
@@ -61,6 +73,11 @@ def _adamw(groups: list[dict], **options: Any) -> torch.optim.AdamW:
         return torch.optim.AdamW(groups, fused=True, **options)
     except RuntimeError:
         return torch.optim.AdamW(groups, foreach=True, **options)
+
+
+def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The L2 norm of several tensors taken as one vector (as clip_grad_norm_ measures)."""
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t) for t in tensors]))
 
 
 class Training:
@@ -118,38 +135,101 @@ class Training:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """L = L_pred + β·NCE_rep + γ·NCE_head (eq. 11), and the terms."""
+        """L = L_pred + β·NCE_rep + γ·NCE_head (eq. 11) + vib·KL, and the terms."""
         cfg, model = self.cfg, self.model
         with self.autocast():
+            vib_noise = self._vib_noise(len(batch["labels"])) if cfg.effective_vib else None
             z, logits, prompts = model(batch["input_ids"], batch["attention_mask"],
-                                       batch["mask_pos"], batch["p_free"])
+                                       batch["mask_pos"], batch["p_free"], vib_noise)
             out = {"loss_pred": F.cross_entropy(logits.float(), batch["labels"])}
             if cfg.method.uses_critics:
-                p_bar = prompts.mean(1)
-                out["nce_rep"] = nce_rep(model.critic_rep, model.f_mu, model.f_sigma, p_bar, z,
-                                         batch["z_free"], cfg.k_negatives, cfg.log_sigma_max)
-                negatives = sample_token_negatives(batch["text_ids"], batch["text_mask"],
-                                                   cfg.k_negatives - 1,
-                                                   model.encoder.get_input_embeddings())
-                out["nce_head"] = nce_head(model.critic_head, model.head, logits, p_bar,
-                                           negatives)
+                out.update(self._nce_terms(batch, z, logits, prompts.mean(1)))
+            if cfg.effective_vib:
+                out["kl"] = vib_kl(*gaussian(model.f_mu, model.f_sigma, z, cfg.log_sigma_max))
         zero = out["loss_pred"].new_zeros(())
-        out.setdefault("nce_rep", zero)
-        out.setdefault("nce_head", zero)
+        for name in LOSS_TERMS[2:]:
+            out.setdefault(name, zero)
         out["loss"] = (out["loss_pred"] + cfg.effective_beta * out["nce_rep"]
-                       + cfg.effective_gamma * out["nce_head"])
+                       + cfg.effective_gamma * out["nce_head"] + cfg.effective_vib * out["kl"])
         out["prompt_norm"] = (prompts.detach().float().norm(dim=-1).mean()
                               if prompts is not None else zero)
         return out
 
+    def _vib_noise(self, rows: int) -> torch.Tensor:
+        """ε (rows, D) of the head's latent, drawn from (seed, step) alone: what the head
+        reads never depends on how many numbers the NCE terms drew (pred_only logs them at
+        weight 0, with K or the estimator changing only the shared random stream)."""
+        step = self.scheduler.last_epoch  # steps taken: a resumed run draws the same
+        generator = torch.Generator(self.device).manual_seed(((self.cfg.seed << 32) + step)
+                                                             % 2 ** 64)
+        return torch.randn(rows, self.model.head.in_features, generator=generator,
+                           device=self.device)
+
+    def _nce_terms(self, batch: dict[str, torch.Tensor], z: torch.Tensor, logits: torch.Tensor,
+                   p_bar: torch.Tensor) -> dict[str, torch.Tensor]:
+        """NCE_rep and NCE_head for the batch (z (B, D), logits (B, C), p_bar (B, D)), and with
+        cfg.diagnostics the same two with P̄ rolled by one across the batch: the same noise and
+        token negatives, so a critic that ignores the prompt scores them exactly alike."""
+        cfg, model = self.cfg, self.model
+        # Drawn before the token negatives, as nce_rep drew them: `paper` keeps its numbers.
+        noise = rep_noise(z, cfg.k_negatives, estimator=cfg.estimator,
+                          hard_negative=cfg.hard_negative)
+        negatives = (sample_token_negatives(batch["text_ids"], batch["text_mask"],
+                                            cfg.k_negatives - 1,
+                                            model.encoder.get_input_embeddings())
+                     if cfg.estimator is Estimator.PAPER else None)
+
+        def terms(prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return (nce_rep(model.critic_rep, model.f_mu, model.f_sigma, prompt, z,
+                            batch["z_free"], cfg.k_negatives, cfg.log_sigma_max, noise,
+                            estimator=cfg.estimator, hard_negative=cfg.hard_negative),
+                    nce_head(model.critic_head, model.head, logits, prompt, negatives,
+                             estimator=cfg.estimator))
+
+        out = dict(zip(("nce_rep", "nce_head"), terms(p_bar)))
+        if cfg.diagnostics:
+            with torch.no_grad():
+                out.update(zip(SHUFFLED, terms(p_bar.roll(1, 0))))
+        return out
+
+    def _diagnose_gradients(self) -> bool:
+        """On the first step of each epoch (the schedule counts steps, resumes included)."""
+        return (self.cfg.diagnostics and self.cfg.method.uses_critics
+                and self.scheduler.last_epoch % self.steps_per_epoch == 0)
+
+    def _mi_gradients(self, out: dict[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+        """∇ of β·NCE_rep and γ·NCE_head on the generator's parameters, the graph kept for the
+        step's own backward. A term with weight 0 is not in the objective: no gradient."""
+        params = list(self.model.generator.parameters())
+        grads = {}
+        for name, weight, term in (("grad_rep", self.cfg.effective_beta, out["nce_rep"]),
+                                   ("grad_head", self.cfg.effective_gamma, out["nce_head"])):
+            found = (torch.autograd.grad(weight * term, params, retain_graph=True,
+                                         allow_unused=True) if weight else [None] * len(params))
+            grads[name] = [torch.zeros_like(p) if g is None else g
+                           for p, g in zip(params, found)]
+        return grads
+
+    def _gradient_norms(self, mi: dict[str, list[torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """The norms of `mi`, and grad_pred: the generator's total gradient (read before
+        clipping) minus the two, i.e. L_pred's and, with vib, vib·KL's."""
+        total = [torch.zeros_like(p) if p.grad is None else p.grad
+                 for p in self.model.generator.parameters()]
+        rest = [t - r - h for t, r, h in zip(total, mi["grad_rep"], mi["grad_head"])]
+        return {"grad_pred": _norm(rest), **{name: _norm(g) for name, g in mi.items()}}
+
     def step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One optimizer step on a batch from `batch()`; returns the losses."""
+        """One optimizer step on a batch from `batch()`; returns the losses (and, on the first
+        step of an epoch with cfg.diagnostics, the GRADIENTS norms)."""
         out = self.losses(batch)
         if not torch.isfinite(out["loss"]):
             raise Diverged(f"loss became {out['loss'].item()} in epoch {self.epoch + 1} "
                            f"(lr={self.cfg.lr:g}); lower the learning rate")
         self.optimizer.zero_grad(set_to_none=True)
+        mi_gradients = self._mi_gradients(out) if self._diagnose_gradients() else None
         out["loss"].backward()
+        if mi_gradients is not None:
+            out.update(self._gradient_norms(mi_gradients))
         torch.nn.utils.clip_grad_norm_(
             [p for group in self.optimizer.param_groups for p in group["params"]],
             self.cfg.max_grad_norm)
@@ -184,10 +264,13 @@ class Training:
             started = time.perf_counter()
             order = epoch_order(cfg.seed, self.epoch, len(self.train_data))
             sums = dict.fromkeys(STEP_MEANS, 0.0)  # device tensors: one sync per epoch
+            gradients = {}
             for start in range(0, len(order), cfg.batch_size):
                 out = self.step(self.batch(self.train_data, order[start:start + cfg.batch_size]))
-                for name in STEP_MEANS:
-                    sums[name] = sums[name] + out[name].detach()
+                for name in (*STEP_MEANS, *SHUFFLED):
+                    if name in out:
+                        sums[name] = sums.get(name, 0.0) + out[name].detach()
+                gradients.update((name, float(out[name])) for name in GRADIENTS if name in out)
             self.epoch += 1
             valid = self.evaluate(self.valid_data)
             means = {name: float(total) / self.steps_per_epoch for name, total in sums.items()}
@@ -199,8 +282,9 @@ class Training:
                 "valid_metric": valid[metric],
                 **{f"valid_{name}": value for name, value in valid.items()},
                 **means,
-                "mi_rep": mi_bound(means["nce_rep"], cfg.k_negatives),
-                "mi_head": mi_bound(means["nce_head"], cfg.k_negatives),
+                **gradients,
+                "mi_rep": mi_bound(means["nce_rep"], cfg.nce_candidates[0]),
+                "mi_head": mi_bound(means["nce_head"], cfg.nce_candidates[1]),
                 "lr": self.scheduler.get_last_lr()[0],
                 "best_valid_metric": self.best_valid,
                 "best_epoch": self.best_epoch,

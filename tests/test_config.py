@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from infoprompt.config import ConfigError, Critic, InfoPromptConfig, Method
+from infoprompt.config import ConfigError, Critic, Estimator, InfoPromptConfig, Method
 from infoprompt.errors import InfoPromptError
 
 
@@ -161,3 +161,69 @@ def test_replace_validates_and_rejects_unknown_fields() -> None:
     with pytest.raises(ConfigError, match="unknown config field.*bogus_field"):
         InfoPromptConfig.from_dict({**cfg.to_dict(), "bogus_field": 1})
 
+
+
+# --- estimators, VIB and diagnostics (issue 11) ----------------------------------------------
+
+
+def test_estimator_vib_and_diagnostics_defaults() -> None:
+    cfg = InfoPromptConfig()
+    # In-batch negatives: the paper's estimator stays selectable, for reproduction.
+    assert cfg.estimator is Estimator.IN_BATCH
+    assert cfg.hard_negative is True and cfg.vib == 0.0 and cfg.diagnostics is True
+    assert InfoPromptConfig(estimator="paper").estimator is Estimator.PAPER
+    values = InfoPromptConfig(estimator="in_batch", vib=0.1).to_dict()
+    assert values["estimator"] == "in_batch" and type(values["estimator"]) is str
+    back = InfoPromptConfig.from_dict(json.loads(json.dumps(values)))
+    assert back.estimator is Estimator.IN_BATCH and back.vib == 0.1
+
+
+@pytest.mark.parametrize(("changes", "fragment"), [
+    ({"estimator": "dot"}, "unknown estimator 'dot'; choose one of: paper, in_batch"),
+    ({"batch_size": 1}, "it needs batch_size >= 2, got 1"),  # the default is in_batch
+    ({"vib": -0.1}, "vib must be a finite number >= 0, got -0.1"),
+    ({"vib": float("nan")}, "vib must be a finite number >= 0, got nan"),
+    ({"estimator": "in_batch", "batch_size": 1}, "it needs batch_size >= 2, got 1"),
+])
+def test_estimator_and_vib_are_checked_in_one_line(changes: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        InfoPromptConfig(**changes)
+    assert fragment in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_nce_candidates_follow_the_estimator() -> None:
+    assert InfoPromptConfig(estimator="paper", k_negatives=16).nce_candidates == (16, 16)
+    in_batch = InfoPromptConfig(estimator="in_batch", batch_size=8, k_negatives=16)
+    assert in_batch.nce_candidates == (9, 8)  # the batch, plus the rep term's hard negative
+    assert in_batch.replace(hard_negative=False).nce_candidates == (8, 8)
+
+
+@pytest.mark.parametrize("method", list(Method))
+def test_vib_needs_the_gaussian_heads(method: Method) -> None:
+    """f_μ and f_σ exist only with critics: elsewhere vib is kept but weighs nothing, like β."""
+    cfg = InfoPromptConfig(method=method, vib=0.3)
+    assert cfg.vib == 0.3
+    assert cfg.effective_vib == (0.3 if method.uses_critics else 0.0)
+    assert ("vib" in cfg.unused_fields) == (not method.uses_critics)
+
+
+NEW_UNUSED = {  # (method, changes) -> which of the new fields (and K, σ bound) are unused
+    (Method.INFOPROMPT, ()): {"k_negatives"},  # the default estimator is in_batch
+    (Method.INFOPROMPT, (("estimator", "paper"),)): {"hard_negative"},
+    (Method.GAMMA0, (("estimator", "in_batch"),)): {"k_negatives"},
+    (Method.BETA0, (("estimator", "in_batch"),)): {"k_negatives", "hard_negative",
+                                                  "log_sigma_max"},
+    (Method.BETA0, (("estimator", "in_batch"), ("vib", 0.1))): {"k_negatives",
+                                                                "hard_negative"},
+    (Method.PRED_ONLY, ()): {"estimator", "k_negatives", "hard_negative", "log_sigma_max"},
+    (Method.PRED_ONLY, (("vib", 0.1),)): {"estimator", "k_negatives", "hard_negative"},
+    (Method.IDPG, (("vib", 0.1),)): {"estimator", "k_negatives", "hard_negative",
+                                     "log_sigma_max", "vib"},
+}
+
+
+@pytest.mark.parametrize(("method", "changes"), list(NEW_UNUSED))
+def test_unused_fields_of_the_estimators(method: Method, changes: tuple) -> None:
+    cfg = InfoPromptConfig(method=method, **dict(changes))
+    watched = {"estimator", "k_negatives", "hard_negative", "log_sigma_max", "vib"}
+    assert cfg.unused_fields & watched == NEW_UNUSED[(method, changes)]

@@ -9,14 +9,17 @@ import pytest
 import torch
 from torch import nn
 
-from infoprompt.config import Critic
+from infoprompt.config import Critic, Estimator
 from infoprompt.losses import (
     _reparameterise,
+    in_batch,
     info_nce,
     mi_bound,
     nce_head,
     nce_rep,
+    rep_noise,
     sample_token_negatives,
+    vib_kl,
 )
 from infoprompt.model import PairCritic
 
@@ -310,3 +313,122 @@ def test_token_negatives_are_the_real_embeddings() -> None:
     for k in range(5):
         torch.testing.assert_close(picked[1, k], embedding.weight[7])
         assert any(torch.equal(picked[0, k], embedding.weight[i]) for i in (3, 4))
+
+
+# --- the in_batch estimator (negatives from the same variable) -------------------------------
+
+
+def _reference_rep_in_batch(kind, critic, f_mu, f_sigma, p_bar, z, z_free, noise,
+                            log_sigma_max, hard_negative):
+    """Row i: P̄_i scores every example's sample μ(Z_j) + σ(Z_j)·ε_j0 (the positive j = i),
+    then, with hard_negative, its own μ(Z'_i) + σ(Z'_i)·ε_i1."""
+    p_bar, z, z_free, noise = _rows(p_bar), _rows(z), _rows(z_free), _rows(noise)
+    samples = [_sample(f_mu, f_sigma, z[j], noise[j][0], log_sigma_max) for j in range(len(z))]
+    total = 0.0
+    for i in range(len(p_bar)):
+        candidates = [samples[i]] + [samples[j] for j in range(len(z)) if j != i]
+        if hard_negative:
+            candidates.append(_sample(f_mu, f_sigma, z_free[i], noise[i][1], log_sigma_max))
+        total += _nce([_score(kind, critic, p_bar[i], c) for c in candidates])
+    return total / len(p_bar)
+
+
+def test_in_batch_puts_each_rows_own_item_first() -> None:
+    x = torch.arange(3.0).unsqueeze(1)  # (B=3, D=1): item j is [j]
+    assert in_batch(x)[..., 0].tolist() == [[0, 1, 2], [1, 2, 0], [2, 0, 1]]
+
+
+@pytest.mark.parametrize("hard_negative", [True, False])
+@pytest.mark.parametrize("kind", list(Critic))
+def test_nce_rep_in_batch_matches_brute_force(kind: Critic, hard_negative: bool) -> None:
+    critic = _critic(kind, 0)
+    f_mu, f_sigma = _linears(1)
+    gen = torch.Generator().manual_seed(2)
+    p_bar, z, z_free = (torch.randn(B, D, generator=gen) for _ in range(3))
+    noise = torch.randn(B, 1 + hard_negative, D, generator=gen)
+
+    loss = nce_rep(critic, f_mu, f_sigma, p_bar, z, z_free, K, 1.0, noise=noise,
+                   estimator=Estimator.IN_BATCH, hard_negative=hard_negative)
+    expected = _reference_rep_in_batch(kind, critic, f_mu, f_sigma, p_bar, z, z_free, noise,
+                                       1.0, hard_negative)
+    assert loss.item() == pytest.approx(expected, rel=1e-5, abs=1e-5)
+    # K (k_negatives) plays no part: the batch is the candidate set
+    other_k = nce_rep(critic, f_mu, f_sigma, p_bar, z, z_free, 17, 1.0, noise=noise,
+                      estimator=Estimator.IN_BATCH, hard_negative=hard_negative)
+    assert other_k.item() == loss.item()
+
+
+def test_hard_negative_adds_one_column_and_draws_its_own_noise() -> None:
+    critic = _critic(Critic.BILINEAR, 0)
+    f_mu, f_sigma = _linears(1)
+    p_bar, z, z_free = torch.randn(B, D), torch.randn(B, D), torch.randn(B, D)
+    seen = {}
+    critic.register_forward_hook(lambda module, args, output: seen.update(scores=output))
+    for hard_negative, columns in ((False, B), (True, B + 1)):
+        assert rep_noise(z, K, estimator=Estimator.IN_BATCH,
+                         hard_negative=hard_negative).shape == (B, 1 + hard_negative, D)
+        nce_rep(critic, f_mu, f_sigma, p_bar, z, z_free, K, 2.0,
+                estimator=Estimator.IN_BATCH, hard_negative=hard_negative)
+        assert seen["scores"].shape == (B, columns)
+    assert rep_noise(z, K).shape == (B, K, D)  # paper: the positive and K-1 negatives
+
+
+@pytest.mark.parametrize("kind", list(Critic))
+def test_nce_head_in_batch_matches_brute_force(kind: Critic) -> None:
+    """θ_X_i scores every example's P̄_j, the positive j = i: the paper's reference with the
+    other examples' P̄ as the negatives."""
+    critic = _critic(kind, 3)
+    torch.manual_seed(4)
+    head = nn.Linear(D, C)
+    gen = torch.Generator().manual_seed(5)
+    logits = 2.0 * torch.randn(B, C, generator=gen)
+    p_bar = torch.randn(B, D, generator=gen)
+    others = torch.stack([torch.stack([p_bar[j] for j in range(B) if j != i]) for i in range(B)])
+
+    loss = nce_head(critic, head, logits, p_bar, None, estimator=Estimator.IN_BATCH)
+    expected = _reference_head(kind, critic, head, logits, p_bar, others)
+    assert loss.item() == pytest.approx(expected, rel=1e-5, abs=1e-5)
+
+
+# --- the P̄-shuffle diagnostic ----------------------------------------------------------------
+
+
+class _QueryBlindCritic(nn.Module):
+    """Scores the candidates alone (a fixed direction), whatever the query: a critic that
+    ignores the prompt, as the paper's rep critic learns to (docs/design.md 2.7)."""
+
+    def forward(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        return candidates.float().sum(-1)
+
+
+@pytest.mark.parametrize("estimator", list(Estimator))
+def test_shuffled_prompt_leaves_a_query_blind_critic_unchanged(estimator: Estimator) -> None:
+    f_mu, f_sigma = _linears(1)
+    gen = torch.Generator().manual_seed(2)
+    p_bar, z, z_free = (torch.randn(B, D, generator=gen) for _ in range(3))
+    noise = rep_noise(z, K, estimator=estimator)
+
+    def loss(critic, prompt):
+        return nce_rep(critic, f_mu, f_sigma, prompt, z, z_free, K, 2.0, noise,
+                       estimator=estimator).item()
+
+    blind, reading = _QueryBlindCritic(), _critic(Critic.BILINEAR, 0)
+    shuffled = p_bar.roll(1, 0)
+    assert loss(blind, shuffled) == loss(blind, p_bar)
+    assert loss(reading, shuffled) != pytest.approx(loss(reading, p_bar), abs=1e-3)
+
+
+# --- the VIB term ----------------------------------------------------------------------------
+
+
+def test_vib_kl_is_the_per_dimension_mean_of_the_gaussian_kl() -> None:
+    mu = torch.tensor([[1.0, 0.0], [0.0, -2.0]])
+    log_sigma = torch.tensor([[0.0, math.log(2.0)], [0.0, 0.0]])
+    # per dimension (μ² + σ² - 1)/2 - log σ: 0.5, 1.5 - log 2, 0, 2; then the mean of four
+    expected = (0.5 + 1.5 - math.log(2.0) + 0.0 + 2.0) / 4
+    assert vib_kl(mu, log_sigma).item() == pytest.approx(expected, rel=1e-6)
+    prior = torch.distributions.Normal(0.0, 1.0)
+    posterior = torch.distributions.Normal(mu, log_sigma.exp())
+    torch.testing.assert_close(vib_kl(mu, log_sigma),
+                               torch.distributions.kl_divergence(posterior, prior).mean())
+    assert vib_kl(torch.zeros(3, 4), torch.zeros(3, 4)).item() == 0.0  # the prior itself

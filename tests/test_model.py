@@ -226,3 +226,30 @@ def test_training_keeps_the_encoder_bit_identical(method: Method, demo_splits_16
     for name in before:
         if _part(name) in ("generator", "free_prompts", "head"):
             assert name in moved, name
+
+
+# --- the VIB bottleneck ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", [Method.INFOPROMPT, Method.IDPG])
+def test_vib_head_reads_a_sample_in_training_and_mu_at_evaluation(method: Method,
+                                                                  minilm_encoder) -> None:
+    torch.manual_seed(0)
+    model = InfoPromptModel(_config(method, vib=0.1), minilm_encoder, num_labels=2)
+    input_ids, attention, mask_pos = _batch(method, [["a fine film"], ["it is bad", "no"]])
+    p_free, noise = torch.randn(2, HIDDEN), torch.randn(2, HIDDEN)
+    with torch.no_grad():
+        z, sampled, _ = model(input_ids, attention, mask_pos, p_free, noise)
+        z_eval, logits, _ = model(input_ids, attention, mask_pos, p_free)
+        _, again, _ = model(input_ids, attention, mask_pos, p_free)
+        torch.testing.assert_close(z_eval, z)  # Z itself is not the bottleneck
+        assert torch.equal(logits, again)  # evaluation is deterministic
+        if not method.uses_critics:  # no f_μ, f_σ: vib weighs nothing, the head reads Z
+            torch.testing.assert_close(sampled, model.head(z))
+            torch.testing.assert_close(logits, model.head(z))
+            return
+        mu = model.f_mu(z)
+        sigma = model.f_sigma(z).clamp(-2.0, 2.0).exp()
+        torch.testing.assert_close(sampled, model.head(mu + sigma * noise))
+        torch.testing.assert_close(logits, model.head(mu))
+        assert (sampled - logits).abs().max() > 1e-3

@@ -30,7 +30,8 @@ from tune_state import epochs as reported_epochs
 from tune_state import experiment_state, progress, read_results
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPER_DEFAULT = {"beta": 0.1, "gamma": 0.05, "k_negatives": 32, "lr": 1e-3, "bottleneck": 64}
+# What the default configuration searches (in-batch negatives: K is the batch, not searched).
+PAPER_DEFAULT = {"beta": 0.1, "gamma": 0.05, "lr": 1e-3, "bottleneck": 64}
 SCALARS = ("valid_metric", "loss", "loss_pred", "nce_rep", "nce_head", "mi_rep", "mi_head", "lr",
            "objective")
 # The method's scalars under their own TensorBoard groups, ahead of Ray's `ray/tune/`.
@@ -94,13 +95,15 @@ def event_summaries(trial: Path) -> dict[str, list]:
     return tags
 
 
-def session_hparams(tags: dict[str, list]) -> dict[str, float]:
+def session_hparams(tags: dict[str, list]) -> dict[str, float | str]:
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     [(plugin, value)] = tags["_hparams_/session_start_info"][:1]
     assert plugin == "hparams"
     data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
-    return {name: v.number_value for name, v in data.session_start_info.hparams.items()}
+    # numbers, and strings (the estimator)
+    return {name: getattr(v, v.WhichOneof("kind"))
+            for name, v in data.session_start_info.hparams.items()}
 
 
 def hparams_metrics(tags: dict[str, list]) -> list[str]:

@@ -17,7 +17,16 @@ from infoprompt.cli import add_dataclass_arguments, config_from_args
 from infoprompt.config import InfoPromptConfig
 from infoprompt.errors import InfoPromptError
 from tune.objective import Objective
-from tune.space import SPACE, Choice, Entry, Range, flag, space_from_args
+from tune.space import (
+    SPACE,
+    Choice,
+    Entry,
+    Range,
+    fixed_values,
+    flag,
+    show_values,
+    space_from_args,
+)
 
 __all__ = ["RESUME_MAY_CHANGE", "RESUME_TAKES", "SearchSettings", "add_settings_arguments",
            "resumed", "settings_from_args"]
@@ -76,6 +85,11 @@ class SearchSettings:
                                  "with the settings it was started with", "Ray")
 
     def __post_init__(self) -> None:
+        # A field narrowed to one choice is the configuration's value, not a search dimension.
+        fixed = {name: value for name, value in fixed_values(self.space).items()
+                 if getattr(self.config, name) != value}
+        if fixed:
+            object.__setattr__(self, "config", self.config.replace(**fixed))
         try:
             object.__setattr__(self, "objective", Objective(self.objective))
         except ValueError:
@@ -156,7 +170,7 @@ def resumed(saved: SearchSettings, now: SearchSettings, given: set[str]) -> Sear
     value: the experiment's trials, checkpoints and scheduler were made with it."""
     def shown(value: Any) -> str:
         if isinstance(value, (Range, Choice)):
-            return " ".join(f"{v:g}" for v in value.values)
+            return show_values(value.values)
         return str(getattr(value, "value", value))
 
     differ = []

@@ -16,8 +16,9 @@ from typing import Any, Union
 from infoprompt.config import ConfigError, InfoPromptConfig
 from infoprompt.errors import InfoPromptError
 
-__all__ = ["SPACE", "Choice", "Range", "Space", "add_space_arguments", "default_point", "flag",
-           "narrowed", "paper_point", "param_space", "searched_fields", "space_from_args"]
+__all__ = ["SPACE", "Choice", "Range", "Space", "add_space_arguments", "default_point",
+           "fixed_values", "flag", "narrowed", "paper_point", "param_space", "searched_fields",
+           "show_values", "space_from_args"]
 
 
 @dataclass(frozen=True)
@@ -67,7 +68,17 @@ SPACE: dict[str, Entry] = {
     "lr": Range(1e-4, 1e-2),
     "bottleneck": Choice((16, 32, 64, 128, 256)),
     "temperature": Range(0.01, 1.0),
+    # One choice by default, the config's own (a single choice fixes a field rather than
+    # searching it); widen them: --estimator-choices paper in_batch, --vib-choices 0 0.1.
+    "estimator": Choice((InfoPromptConfig().estimator.value,)),
+    "vib": Choice((InfoPromptConfig().vib,)),
 }
+
+
+def show_values(values: tuple[Any, ...]) -> str:
+    """Values as a user types them: numbers in %g, strings (an estimator) as they are."""
+    return " ".join(f"{v:g}" if isinstance(v, (int, float)) else str(getattr(v, "value", v))
+                    for v in values)
 
 
 def flag(name: str) -> str:
@@ -79,7 +90,7 @@ def flag(name: str) -> str:
 def add_space_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("search space (each flag narrows one searched field)")
     for name, entry in SPACE.items():
-        shown = " ".join(f"{v:g}" for v in entry.values)
+        shown = show_values(entry.values)
         if isinstance(entry, Range):
             group.add_argument(flag(name), dest=f"{name}_space", type=float, nargs=2,
                                metavar=("LOW", "HIGH"), default=argparse.SUPPRESS,
@@ -105,7 +116,7 @@ def narrowed(overrides: Mapping[str, Entry]) -> dict[str, Entry]:
     """SPACE with the user's entries, each value checked by InfoPromptConfig itself."""
     space = dict(SPACE)
     for name, entry in overrides.items():
-        shown = " ".join(f"{v:g}" for v in entry.values)
+        shown = show_values(entry.values)
         if isinstance(entry, Range) and not 0 < entry.low <= entry.high:
             raise InfoPromptError(f"{flag(name)} needs 0 < LOW <= HIGH, got {shown}")
         for value in entry.values:
@@ -117,9 +128,17 @@ def narrowed(overrides: Mapping[str, Entry]) -> dict[str, Entry]:
     return space
 
 
+def fixed_values(space: Space) -> dict[str, Any]:
+    """Fields narrowed to a single choice: set on the configuration, not searched."""
+    return {name: entry.options[0] for name, entry in space.items()
+            if isinstance(entry, Choice) and len(entry.options) == 1}
+
+
 def searched_fields(cfg: InfoPromptConfig, space: Space = SPACE) -> list[str]:
-    """The fields that change what `cfg` trains (the others would be noise to the sampler)."""
-    return [name for name in space if name not in cfg.unused_fields]
+    """The fields that change what `cfg` trains (the others would be noise to the sampler),
+    single choices aside."""
+    fixed = fixed_values(space)
+    return [name for name in space if name not in cfg.unused_fields and name not in fixed]
 
 
 def param_space(cfg: InfoPromptConfig, space: Space = SPACE) -> dict[str, Any]:
@@ -128,9 +147,9 @@ def param_space(cfg: InfoPromptConfig, space: Space = SPACE) -> dict[str, Any]:
 
 
 def paper_point(cfg: InfoPromptConfig, space: Space = SPACE) -> dict[str, Any]:
-    """The paper's defaults for the fields `cfg` searches."""
-    paper = InfoPromptConfig()
-    return {name: getattr(paper, name) for name in searched_fields(cfg, space)}
+    """The paper's defaults for the fields `cfg` searches, as plain values (no enums)."""
+    paper = InfoPromptConfig().to_dict()
+    return {name: paper[name] for name in searched_fields(cfg, space)}
 
 
 def default_point(cfg: InfoPromptConfig, space: Space = SPACE) -> dict[str, Any] | None:
