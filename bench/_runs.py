@@ -5,6 +5,7 @@ what is already there and an interrupted benchmark loses at most the runs in fli
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 import os
 import time
@@ -39,9 +40,9 @@ def _init_worker() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def fit_job(config: dict[str, Any]) -> dict[str, Any]:
-    """One run in a worker process: train, keep the best-valid epoch, score test. The
-    per-epoch history (diagnostics included) is kept for the benchmarks that plot it."""
+def fit_job(config: dict[str, Any], keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    """One run in a worker process: train, keep the best-valid epoch, score test; `keep`:
+    the per-epoch values kept from the run's history (NaN where an epoch has none)."""
     from infoprompt.config import InfoPromptConfig
     from infoprompt.store import load_splits
     from infoprompt.train import fit
@@ -51,8 +52,9 @@ def fit_job(config: dict[str, Any]) -> dict[str, Any]:
     summary = fit(cfg, length_sorted_test(load_splits(cfg, log=lambda message: None)))
     return {"test_metric": summary["test_metric"],
             "best_valid_metric": summary["best_valid_metric"], "best_epoch": summary["best_epoch"],
-            "history": summary["history"], "seconds": time.perf_counter() - started,
-            "config": config}
+            "seconds": time.perf_counter() - started, "config": config,
+            **({"history": {name: [record.get(name, math.nan) for record in summary["history"]]
+                            for name in keep}} if keep else {})}
 
 
 def length_sorted_test(splits):

@@ -21,6 +21,7 @@ run is saved to a JSON file at once; a re-run skips what that file already holds
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import statistics
 import sys
@@ -31,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, add_common_arguments, bench_config, emit, provenance, write_section
-from _runs import Store, length_sorted_test, run_fits
+from _runs import Store, fit_job, run_fits
 from methods_table import _display
 
 SECTION = "bench/mi_estimators.py"
@@ -82,23 +83,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # --- the runs ------------------------------------------------------------------------------
-
-
-def fit_job(config: dict[str, Any]) -> dict[str, Any]:
-    """One run in a worker process: train, keep the best-valid epoch, score test."""
-    from infoprompt.config import InfoPromptConfig
-    from infoprompt.store import load_splits
-    from infoprompt.train import fit
-
-    started = time.perf_counter()
-    cfg = InfoPromptConfig.from_dict(config)
-    summary = fit(cfg, length_sorted_test(load_splits(cfg, log=lambda message: None)))
-    history = {name: [record.get(name, math.nan) for record in summary["history"]]
-               for name in KEPT}
-    return {"test_metric": summary["test_metric"],
-            "best_valid_metric": summary["best_valid_metric"],
-            "best_epoch": summary["best_epoch"], "history": history,
-            "seconds": time.perf_counter() - started, "config": config}
 
 
 def run_key(task: str, label: str, seed: int, args: argparse.Namespace) -> str:
@@ -337,7 +321,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 jobs[key] = base.replace(**{"method": "infoprompt", **CONFIGS[label]},
                                          seed=seed).to_dict()
     trained = [key for key in jobs if key not in store.data["runs"]]
-    run_fits(jobs, store, workers=args.workers, job=fit_job)
+    run_fits(jobs, store, workers=args.workers, job=functools.partial(fit_job, keep=KEPT))
 
     # The footer (command, wall time, machine) of the invocations that trained something: a
     # re-run that only rewrites the section reports the run that made the figures.

@@ -118,6 +118,9 @@ def parse_shots(value: str) -> int | None:
         raise argparse.ArgumentTypeError(f"expected an integer or 'all', got {value!r}") from None
 
 
+_ENUMS = {"method": Method, "critic": Critic, "estimator": Estimator}  # stored as their values
+
+
 @dataclass(frozen=True)
 class InfoPromptConfig:
     # --- data (these fields also determine the Arrow store key) ---
@@ -176,21 +179,13 @@ class InfoPromptConfig:
             raise ConfigError(f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
         if not _integral(self.seed) or self.seed < 0:
             raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
-        try:
-            object.__setattr__(self, "method", Method(self.method))
-        except ValueError:
-            raise ConfigError(f"unknown method {self.method!r}; choose one of: "
-                              f"{_choices(Method)}") from None
-        try:
-            object.__setattr__(self, "critic", Critic(self.critic))
-        except ValueError:
-            raise ConfigError(f"unknown critic {self.critic!r}; choose one of: "
-                              f"{_choices(Critic)}") from None
-        try:
-            object.__setattr__(self, "estimator", Estimator(self.estimator))
-        except ValueError:
-            raise ConfigError(f"unknown estimator {self.estimator!r}; choose one of: "
-                              f"{_choices(Estimator)}") from None
+        for name, enum in _ENUMS.items():
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, enum(value))
+            except ValueError:
+                raise ConfigError(f"unknown {name} {value!r}; choose one of: "
+                                  f"{_choices(enum)}") from None
         for name in ("beta", "gamma", "vib"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
@@ -280,9 +275,7 @@ class InfoPromptConfig:
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        out["method"] = self.method.value
-        out["critic"] = self.critic.value
-        out["estimator"] = self.estimator.value
+        out.update({name: getattr(self, name).value for name in _ENUMS})
         return out
 
     @classmethod
