@@ -461,7 +461,7 @@ def test_ctrl_c_stops_the_search_and_the_printed_command_finishes_it(tmp_path, c
     assert len(results["trials"]) == samples
     assert {t["status"] for t in results["trials"]} <= {"completed", "stopped early"}, \
         results["trials"]
-    assert set(results["final"]) == {"best", "default"}
+    assert set(results["final"]) == {"best", "default", "paired"}
     assert all(s["status"] == "TERMINATED" for s in experiment_state(experiment).values())
     assert all((experiment / f).exists() for f in FINAL_FILES)
 
