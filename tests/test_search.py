@@ -403,7 +403,7 @@ def ctrl_c(driver: subprocess.Popen) -> None:
         pass
 
 
-FINAL_FILES = ("results.json", "results.md", "search.png")
+FINAL_FILES = ("results.json", "results.md", "optimization_history.png")
 WORKER_LINE = re.compile(r"^(\x1b\[\d+m)?\([^)]* pid=\d+[^)]*\)")  # "(trainable pid=42) ..."
 
 

@@ -17,8 +17,8 @@ from tune.space import default_point, param_space
 from tune.tensorboard import TaskTensorBoard
 from tune.trainable import trainable
 
-__all__ = ["METRIC", "MODE", "AshaRungs", "build_tuner", "restore_tuner", "sampler_options",
-           "tpe_sampler"]
+__all__ = ["METRIC", "MODE", "AshaRungs", "StudySearch", "build_tuner", "restore_tuner",
+           "sampler_options", "tpe_sampler"]
 
 METRIC, MODE = "objective", "max"  # tune/objective.py: one number, end to end
 
@@ -58,6 +58,30 @@ class AshaRungs(Callback):
         self.scheduler._num_stopped = state["num_stopped"]
 
 
+class StudySearch(OptunaSearch):
+    """Ray's OptunaSearch, for a study kept in a database (tune/study.py). The database is
+    written at once, Tune's snapshot of the searcher only every few seconds: after a killed
+    driver the database can be ahead of the snapshot that --resume restores. A trial told
+    finished after the snapshot is then re-run by Tune, and telling Optuna about it again
+    would fail (UpdateFinishedTrialError); a trial asked for after it is never run. So on
+    restore the searcher takes the database's word: the first kind count as completed here
+    (Ray's OptunaSearch then ignores their results with a warning), the second are marked
+    failed so that TPE's constant liar stops counting them as running."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        if self._ot_study is None:
+            return
+        running = optuna.trial.TrialState.RUNNING
+        states = {t.number: t.state for t in self._ot_study.get_trials(deepcopy=False)}
+        ours = {trial_id: trial.number for trial_id, trial in self._ot_trials.items()}
+        self._completed_trials |= {trial_id for trial_id, number in ours.items()
+                                   if states[number].is_finished()}
+        for number in sorted(set(states) - set(ours.values())):
+            if states[number] == running:
+                self._ot_study.tell(number, state=optuna.trial.TrialState.FAIL)
+
+
 def _trainable(settings: SearchSettings, splits: Splits) -> Any:
     # with_parameters puts the tables in the object store once; every trial maps them.
     with_data = ray.tune.with_parameters(trainable, base=settings.config,
@@ -76,7 +100,7 @@ def build_tuner(settings: SearchSettings, splits: Splits, *, storage_path: str, 
     name is the experiment's."""
     cfg = settings.config
     first = default_point(cfg, settings.space)
-    searcher = searcher or OptunaSearch(
+    searcher = searcher or (StudySearch if study_url else OptunaSearch)(
         sampler=tpe_sampler(settings, max_concurrent),
         points_to_evaluate=[first] if first else None, study_name=name,
         storage=optuna.storages.RDBStorage(study_url) if study_url else None)
