@@ -160,7 +160,15 @@ def test_a_best_that_is_the_default_is_not_compared_with_itself(tmp_path: Path):
     write_markdown(summary_of([row("a", 0.6)], final), tmp_path / "results.md")
     text = (tmp_path / "results.md").read_text()
     assert "The search's best configuration is the default one" in text
+    assert "## Test accuracy (the task's test split), re-trained from scratch" in text  # demo
     assert "| mean ± std | 0.7500 ± 0.0707 |" in text
+
+
+def test_a_glue_task_names_glue_dev_as_its_test_split(tmp_path: Path):
+    summary = summary_of([row("a", 0.6)], paired_final([0.7, 0.8], [0.6, 0.7]))
+    write_markdown(summary._replace(task="sst2"), tmp_path / "results.md")
+    assert "## Test accuracy (GLUE dev), re-trained from scratch" in \
+        (tmp_path / "results.md").read_text()
 
 
 def test_write_markdown_without_final(tmp_path: Path):

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from infoprompt.errors import InfoPromptError
+from infoprompt.tasks import get_task
 
 __all__ = ["Summary", "TrialRow", "final_comparison", "final_stats", "final_table", "summarize",
            "trial_rows", "tune_statuses", "write_json", "write_markdown"]
@@ -151,7 +152,8 @@ def final_table(summary: Summary) -> list[str]:
     best, default = final.get("best"), final.get("default")
     if not best:
         return []
-    lines = [f"## Test {summary.metric} (GLUE dev), re-trained from scratch", ""]
+    test = "GLUE dev" if get_task(summary.task).glue_name else "the task's test split"
+    lines = [f"## Test {summary.metric} ({test}), re-trained from scratch", ""]
     if default is None or default["config"] == best["config"]:
         lines += ["The search's best configuration is the default one: nothing to compare.", "",
                   "| seed | test |", "|---|---|"]
