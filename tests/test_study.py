@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import optuna
 import pytest
-from ray import tune
+import ray.tune
+from ray.tune.search.optuna import OptunaSearch
 
 from tune.tuner import StudySearch
 
-SPACE = {"lr": tune.loguniform(1e-4, 1e-1)}
+SPACE = {"lr": ray.tune.loguniform(1e-4, 1e-1)}
 
 
 def searcher(url: str) -> StudySearch:
@@ -29,7 +30,7 @@ def test_a_restored_searcher_takes_the_databases_word(tmp_path):
     before.on_trial_complete("a", {"objective": 0.5, "training_iteration": 1})
     before.suggest("c")  # asked after the snapshot: no restored Tune trial will run it
 
-    plain = tune.search.optuna.OptunaSearch()
+    plain = OptunaSearch()
     plain.restore(str(tmp_path / "snapshot.pkl"))
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):  # what this is for
         plain.on_trial_result("a", {"objective": 0.6, "training_iteration": 2})
