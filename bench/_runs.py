@@ -9,12 +9,12 @@ import math
 import multiprocessing
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent import futures
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Store", "fit_job", "run_fits"]
+__all__ = ["Store", "fit_job", "open_store", "run_fits"]
 
 
 class Store:
@@ -31,6 +31,18 @@ class Store:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=1, default=float))
         os.replace(tmp, self.path)
+
+
+def open_store(path: Path, configs: Iterable[Any]) -> Store:
+    """The results file (saying how many runs it holds already), after building the Arrow
+    store of every config here, once, so that the pool's workers only read them."""
+    from infoprompt.store import load_splits
+
+    store = Store(path)
+    print(f"results: {path} ({len(store.data['runs'])} runs already there)", flush=True)
+    for cfg in configs:
+        load_splits(cfg)
+    return store
 
 
 def _init_worker() -> None:

@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, add_common_arguments, bench_config, emit, provenance, write_section
-from _runs import Store, run_fits
+from _runs import Store, open_store, run_fits
 
 SECTION = "bench/methods_table.py"
 
@@ -319,15 +319,8 @@ def _display(path: Path) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     started = time.perf_counter()
-    store = Store(args.results)
-    print(f"results: {args.results} ({len(store.data['runs'])} runs already there)", flush=True)
-
-    from infoprompt.store import load_splits
-
-    # Build every store once here, so the workers only read.
-    for task in args.tasks:
-        for seed in range(args.seeds):
-            load_splits(base_config(args, task).replace(seed=seed))
+    store = open_store(args.results, (base_config(args, task).replace(seed=seed)
+                                      for task in args.tasks for seed in range(args.seeds)))
 
     labels = [PROBE] if selected(PROBE, None, args) else []
     labels += [label for label, (method, _) in FIXED_ROWS.items()

@@ -32,7 +32,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import RESULTS, add_common_arguments, bench_config, emit, provenance, write_section
-from _runs import Store, fit_job, run_fits
+from _runs import Store, fit_job, open_store, run_fits
 from methods_table import _display
 
 SECTION = "bench/mi_estimators.py"
@@ -293,15 +293,8 @@ def markdown(table: dict[str, Any], cost: dict[str, Any], args: argparse.Namespa
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     started = time.perf_counter()
-    store = Store(args.results)
-    print(f"results: {args.results} ({len(store.data['runs'])} runs already there)", flush=True)
-
-    from infoprompt.store import load_splits
-
-    # Build every store once here, so the workers only read.
-    for task in args.tasks:
-        for seed in range(args.seeds):
-            load_splits(bench_config(args, task=task, shots=args.shots, seed=seed))
+    store = open_store(args.results, (bench_config(args, task=task, shots=args.shots, seed=seed)
+                                      for task in args.tasks for seed in range(args.seeds)))
 
     # Measured before the pool starts, so the workers do not disturb it.
     cost_task = args.tasks[0]
