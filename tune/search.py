@@ -44,7 +44,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     add_settings_arguments(parser)
     add_space_arguments(parser)
-    add_config_arguments(parser, skip=SPACE)  # searched fields are set by the search
+    # Searched fields are set by the search; --epochs sits with ASHA's flags.
+    add_config_arguments(parser, skip={*SPACE, "epochs"})
     return parser.parse_args(argv)
 
 
@@ -57,13 +58,15 @@ def check_gpus(settings: SearchSettings) -> None:
                                   "machine has no GPU; drop the flag to train on CPU")
 
 
-def final_evaluation(settings: SearchSettings,
-                     configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def final_evaluation(settings: SearchSettings, configs: dict[str, dict[str, Any]],
+                     model_path: str | None = None) -> dict[str, Any]:
     """Re-train each config from scratch on seeds cfg.seed .. +final_seeds-1, test-scored,
-    as Ray tasks with the trials' resources."""
+    as Ray tasks with the trials' resources. With `model_path`, the first config's model of
+    each seed is saved under it (model_folders)."""
     import ray
 
     from infoprompt.store import load_splits
+    from infoprompt.tasks import get_task
     from tune.report import final_stats
     from tune.trainable import final_fit
 
@@ -74,40 +77,72 @@ def final_evaluation(settings: SearchSettings,
                                            num_gpus=settings.gpus_per_trial)
     # Identical configs (the best may be the default) are trained once.
     distinct = {tuple(sorted(p.items())): p for p in configs.values()}
-    jobs = {(key, seed): remote.remote(cfg.replace(**params, seed=seed), splits[seed])
+    saved = tuple(sorted(next(iter(configs.values())).items())) if model_path else None
+    folders = model_folders(model_path, seeds) if model_path else {}
+    jobs = {(key, seed): remote.remote(cfg.replace(**params, seed=seed), splits[seed],
+                                       folders.get(seed) if key == saved else None)
             for key, params in distinct.items() for seed in seeds}
+    labels = {key: " = ".join(label for label, p in configs.items()
+                              if tuple(sorted(p.items())) == key) for key in distinct}
     print(f"final evaluation: {len(distinct)} configs x {len(seeds)} seeds, "
           f"{cfg.epochs} epochs each", flush=True)
-    scores = {key: _test_metric(job) for key, job in jobs.items()}
-    return {label: {"config": params, "seeds": seeds,
-                    **final_stats([scores[tuple(sorted(params.items())), seed]
-                                   for seed in seeds])}
-            for label, params in configs.items()}
+    runs = _gather(jobs, labels, metric=get_task(cfg.task).metric)
+    out = {label: {"config": params, "seeds": seeds,
+                   **final_stats([runs[tuple(sorted(params.items())), seed]["test_metric"]
+                                  for seed in seeds])}
+           for label, params in configs.items()}
+    if saved is not None:
+        valid = {seed: runs[saved, seed].get("best_valid_metric", -math.inf) for seed in seeds}
+        first = next(iter(configs))
+        out[first]["models"] = {str(seed): folders[seed] for seed in seeds
+                                if "saved_to" in runs[saved, seed]}
+        # Chosen by the valid metric: choosing by test would score on the split it selected.
+        out[first]["model_by_valid"] = folders[max(seeds, key=valid.get)]
+    return out
 
 
-def _test_metric(job: Any) -> float:
-    """A seed whose re-training diverges scores NaN (final_stats counts it apart)."""
+def model_folders(model_path: str, seeds: list[int]) -> dict[int, str]:
+    """Where each seed's model goes: <experiment>/best_model/seed_<n>."""
+    return {seed: f"{model_path.rstrip('/')}/seed_{seed}" for seed in seeds}
+
+
+def _gather(jobs: dict[tuple, Any], labels: dict[tuple, str], *, metric: str
+            ) -> dict[tuple, dict[str, Any]]:
+    """Each job's summary, printed as it ends. A seed whose re-training diverges scores NaN
+    (final_stats counts it apart)."""
     import ray
 
     from infoprompt.train import Diverged
 
-    try:
-        return ray.get(job)["test_metric"]
-    except ray.exceptions.RayTaskError as error:
-        if isinstance(error.cause, Diverged):
+    started, runs = time.perf_counter(), {}
+    waiting = {job: key for key, job in jobs.items()}
+    while waiting:
+        [done], _ = ray.wait(list(waiting), num_returns=1)
+        key = waiting.pop(done)
+        try:
+            runs[key] = ray.get(done)
+            shown = f"test {metric} {runs[key]['test_metric']:.4f}"
+        except ray.exceptions.RayTaskError as error:
+            if not isinstance(error.cause, Diverged):
+                raise
             print(f"warning: a final re-training diverged: {error.cause}", file=sys.stderr)
-            return math.nan
-        raise
+            runs[key], shown = {"test_metric": math.nan}, "diverged"
+        print(f"final evaluation: {labels[key[0]]} config, seed {key[1]}: {shown} "
+              f"({len(runs)}/{len(jobs)} done, {time.perf_counter() - started:.0f}s)",
+              flush=True)
+    return runs
 
 
 def write_reports(summary: Any, storage: str, name: str, study_url: str) -> tuple[str, str]:
     """results.json, results.md and Optuna's plots of the study into the experiment folder
     (with a cloud storage path, the study's file too); returns where, and the Markdown."""
     from tune import report
-    from tune.study import STUDY_FILE, load_study, write_plots
+    from tune.plots import objective_label, write_plots
+    from tune.study import STUDY_FILE, load_study
 
+    label = objective_label(summary.search["objective"]["name"], summary.metric)
     with tempfile.TemporaryDirectory() as folder:
-        notes = write_plots(load_study(study_url, name), Path(folder))
+        notes = write_plots(load_study(study_url, name), Path(folder), label)
         summary = summary._replace(search={**summary.search, "plots_left_out": notes})
         report.write_json(summary, Path(folder) / "results.json")
         report.write_markdown(summary, Path(folder) / "results.md")
@@ -206,7 +241,7 @@ def _search(settings: SearchSettings, splits: Any, storage: str, name: str, path
             warm: list[Any]) -> dict[str, Any]:
     from tune import report
     from tune.study import prepare_study, study_storage
-    from tune.tuner import build_tuner, restore_tuner
+    from tune.tuner import build_tuner, restore_tuner, trial_boxes
 
     cfg = settings.config
     check_cluster(address=settings.address, gpus_per_trial=settings.gpus_per_trial,
@@ -230,8 +265,10 @@ def _search(settings: SearchSettings, splits: Any, storage: str, name: str, path
         save_settings(settings, storage, name)
         tuner = build_tuner(settings, splits, storage_path=storage, name=name,
                             max_concurrent=concurrent, study_url=study_url)
+    print(f"\nWatch it: tensorboard --logdir {path}\n"
+          f"          optuna-dashboard {study_url}\n", flush=True)
     started = time.perf_counter()
-    with sigint_watched() as sigint:
+    with sigint_watched() as sigint, trial_boxes(settings.verbose >= 2):
         grid = tuner.fit()
     if sigint.seen or unfinished_trials(grid):  # Ray saved it: no final evaluation, no reports
         raise KeyboardInterrupt
@@ -243,7 +280,7 @@ def _search(settings: SearchSettings, splits: Any, storage: str, name: str, path
     target, markdown = write_reports(summary, storage, name, study_url)
     if settings.final_seeds:
         configs = {"best": summary.best_config, "default": paper_point(cfg, settings.space)}
-        final = final_evaluation(settings, configs)
+        final = final_evaluation(settings, configs, model_path=f"{path}/best_model")
         final.update(report.final_comparison(final["best"]["per_seed"],
                                              final["default"]["per_seed"]))
         summary = summary._replace(final=final)
@@ -253,6 +290,10 @@ def _search(settings: SearchSettings, splits: Any, storage: str, name: str, path
           f"{time.perf_counter() - started:.0f}s. Results: {target}/results.md\n"
           f"TensorBoard: tensorboard --logdir {path}\n"
           f"Optuna dashboard: optuna-dashboard {study_url}")
+    chosen = summary.final.get("best", {}).get("model_by_valid")
+    if chosen:
+        print(f"Classify text with the best config: python -m infoprompt predict "
+              f"--model-dir {chosen} --input FILE")
     return {"path": target, "summary": summary}
 
 

@@ -43,10 +43,9 @@ class SearchSettings:
 
     # --- the search ---
     num_samples: int = _field(16, "trials", "search")
-    grace_period: int = _field(2, "ASHA: epochs every trial runs before it can be stopped",
-                               "search")
-    reduction_factor: float = _field(3.0, "ASHA: keep 1/this of the trials at each rung",
-                                     "search")
+    grace_period: int = _field(2, "epochs every trial runs before it can be stopped",
+                               "ASHA")
+    reduction_factor: float = _field(3.0, "keep 1/this of the trials at each rung", "ASHA")
     cv_folds: int = _field(1, "train each trial on N rotations of train+valid and report the "
                               "mean valid metric: less selection noise, N× the cost", "search")
     final_seeds: int = _field(5, "seeds on which the best and the default config are "
@@ -83,6 +82,9 @@ class SearchSettings:
                                     "<task>-<method>-<shots>shot-<time>)", "Ray")
     resume: bool = _field(False, "continue the experiment --name (default: the latest one) "
                                  "with the settings it was started with", "Ray")
+    verbose: int = _field(1, "console: 0 = the search's own lines only, 1 = also Ray's trial "
+                             "table every 30 s, 2 = also each trial's config and results as "
+                             "it starts, reports and ends", "Ray")
 
     def __post_init__(self) -> None:
         # A field narrowed to one choice is the configuration's value, not a search dimension.
@@ -143,10 +145,18 @@ class SearchSettings:
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    for group in ("search", "Ray"):
+    """The search's flags by group; ASHA's with --epochs, its max_t (the caller then adds
+    the other InfoPromptConfig fields without `epochs`)."""
+    for group in ("search", "ASHA", "Ray"):
         fields = [f.name for f in dataclasses.fields(SearchSettings)
                   if f.metadata.get("group") != group]
-        add_dataclass_arguments(parser, SearchSettings, title=group, skip=fields)
+        title = group
+        if group == "ASHA":
+            title = ("ASHA (early stopping; --epochs is its max_t, what a trial it never "
+                     "stops trains)")
+            add_dataclass_arguments(parser, InfoPromptConfig, title=title, skip=[
+                f.name for f in dataclasses.fields(InfoPromptConfig) if f.name != "epochs"])
+        add_dataclass_arguments(parser, SearchSettings, title=title, skip=fields)
 
 
 def settings_from_args(args: argparse.Namespace) -> SearchSettings:
@@ -160,7 +170,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
 # What a resumed search takes from the command that resumes it rather than from the
 # experiment's saved settings: where the experiment is and which Ray to use; the resources
 # per trial only when given (a cluster may have changed).
-RESUME_TAKES = ("address", "storage_path", "name", "resume")
+RESUME_TAKES = ("address", "storage_path", "name", "resume", "verbose")
 RESUME_MAY_CHANGE = ("cpus_per_trial", "gpus_per_trial")
 
 

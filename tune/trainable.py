@@ -17,14 +17,17 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.fs
 import ray
 import ray.tune
 import torch
 
 from infoprompt.config import InfoPromptConfig
 from infoprompt.errors import InfoPromptError
+from infoprompt.scalars import off_terms
 from infoprompt.store import Splits
 from infoprompt.train import Training, fit, resolve_device
+from tune.experiment import is_uri
 from tune.objective import Objective, objective_value
 
 __all__ = ["cap_gpu_memory", "final_fit", "gpu_memory_fraction", "load_states",
@@ -105,12 +108,14 @@ def _train(cfg: InfoPromptConfig, splits: Splits, cv_folds: int, objective: Obje
     # that epoch (same seed, batches and lr), so each retry costs a worker start and at most
     # one epoch. Tune offers no per-exception retry policy, and a "diverged" note in the
     # trial's working folder did not survive between attempts, so none is attempted here.
+    off = off_terms(cfg)  # constant zeros (the KL without a VIB, …): not reported
     for records in zip(*(run.epochs() for run in runs)):
-        metrics = _mean(records)
-        metrics["epoch"] = records[0]["epoch"]
         # Over the whole run, restored epochs included: a resumed trial ranks the same.
         history = [_mean(epoch) for epoch in zip(*(run.history for run in runs))]
-        metrics["objective"] = objective_value(history, objective)
+        # The objective and the epoch first: Ray's progress table shows the first few keys.
+        metrics = {"objective": objective_value(history, objective),
+                   "epoch": records[0]["epoch"],
+                   **{k: v for k, v in _mean(records).items() if k not in off | {"epoch"}}}
         # Which Ray node ran this epoch: on one machine every node shares node_ip.
         metrics["node_id"] = ray.get_runtime_context().get_node_id()
         with tempfile.TemporaryDirectory() as folder:
@@ -160,13 +165,20 @@ def load_states(path: str) -> list[dict]:
                               f"refusing to load it (tampered with?): {reason}") from None
 
 
-def final_fit(cfg: InfoPromptConfig, splits: Splits) -> dict[str, Any]:
-    """One seed of the final evaluation, as a Ray task: train to the end, score test."""
+def final_fit(cfg: InfoPromptConfig, splits: Splits, save_to: str | None = None
+              ) -> dict[str, Any]:
+    """One seed of the final evaluation, as a Ray task: train to the end, score test; with
+    `save_to` (a folder or s3:// / gs:// URI), save the model there (infoprompt/saved.py)."""
     resources = ray.get_runtime_context().get_assigned_resources()
     torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
     device = resolve_device(cfg.device)
     cap_gpu_memory(resources.get("GPU", 0), device)
     try:
-        return fit(cfg, splits)
+        if save_to is None or not is_uri(save_to):
+            return fit(cfg, splits, save_dir=save_to)
+        with tempfile.TemporaryDirectory() as folder:  # written whole, then uploaded
+            summary = fit(cfg, splits, save_dir=str(Path(folder) / "model"))
+            pyarrow.fs.copy_files(str(Path(folder) / "model"), save_to)
+            return {**summary, "saved_to": save_to}
     finally:  # Ray reuses the worker process for the next task
         release_memory(device, [])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import optuna
@@ -14,11 +16,11 @@ from ray.tune.search.optuna import OptunaSearch
 from infoprompt.store import Splits
 from tune.settings import SearchSettings
 from tune.space import default_point, param_space
-from tune.tensorboard import TaskTensorBoard
+from tune.tensorboard_callback import TaskTensorBoard
 from tune.trainable import trainable
 
 __all__ = ["METRIC", "MODE", "AshaRungs", "StudySearch", "build_tuner", "restore_tuner",
-           "sampler_options", "tpe_sampler"]
+           "sampler_options", "tpe_sampler", "trial_boxes", "trial_name"]
 
 METRIC, MODE = "objective", "max"  # tune/objective.py: one number, end to end
 
@@ -58,6 +60,25 @@ class AshaRungs(Callback):
         self.scheduler._num_stopped = state["num_stopped"]
 
 
+# Ray's trial id -> its Optuna trial number, filled by StudySearch.suggest just before Tune
+# names the trial (in the driver, SearchGenerator.create_trial_if_possible).
+_NUMBERS: dict[str, int] = {}
+
+
+def trial_name(trial: Any) -> str:
+    """One name per trial for the console, its folder, its TensorBoard run, results.md and
+    the Optuna trial's `trial_name` attribute: the Optuna number (Tune's count without a
+    study) and Ray's id, e.g. trial_003_8b3c37a1."""
+    number = _NUMBERS.get(trial.trial_id)
+    if number is None:  # Tune's tag: "<count from 1>_<config>"
+        number = int(str(trial.experiment_tag).split("_")[0] or 1) - 1
+    return _name(number, trial.trial_id)
+
+
+def _name(number: int, trial_id: str) -> str:
+    return f"trial_{number:03d}_{trial_id}"
+
+
 class StudySearch(OptunaSearch):
     """Ray's OptunaSearch, for a study kept in a database (tune/study.py). The database is
     written at once, Tune's snapshot of the searcher only every few seconds: after a killed
@@ -67,6 +88,14 @@ class StudySearch(OptunaSearch):
     restore the searcher takes the database's word: the first kind count as completed here
     (Ray's OptunaSearch then ignores their results with a warning), the second are marked
     failed so that TPE's constant liar stops counting them as running."""
+
+    def suggest(self, trial_id: str) -> dict | str | None:
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None:
+            _NUMBERS[trial_id] = ot_trial.number
+            ot_trial.set_user_attr("trial_name", _name(ot_trial.number, trial_id))
+        return config
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
@@ -80,6 +109,23 @@ class StudySearch(OptunaSearch):
         for number in sorted(set(states) - set(ours.values())):
             if states[number] == running:
                 self._ot_study.tell(number, state=optuna.trial.TrialState.FAIL)
+
+
+@contextlib.contextmanager
+def trial_boxes(shown: bool) -> Iterator[None]:
+    """Ray's console (verbose 1) prints a table of each trial's config when it starts and of
+    its last result, every reported key, when it ends: dozens of rows a trial, which bury the
+    progress table. Unless `shown` (--verbose 2) they are printed only at Ray's verbose 2,
+    like its per-epoch results; Ray has no setting of its own for this."""
+    from ray.tune.experimental.output import AirVerbosity, TuneReporterBase
+
+    before = TuneReporterBase._start_end_verbosity
+    if not shown:
+        TuneReporterBase._start_end_verbosity = AirVerbosity.VERBOSE
+    try:
+        yield
+    finally:
+        TuneReporterBase._start_end_verbosity = before
 
 
 def _trainable(settings: SearchSettings, splits: Splits) -> Any:
@@ -107,7 +153,7 @@ def build_tuner(settings: SearchSettings, splits: Splits, *, storage_path: str, 
     scheduler = scheduler or ASHAScheduler(time_attr="epoch", max_t=cfg.epochs,
                                            grace_period=settings.grace_period,
                                            reduction_factor=settings.reduction_factor)
-    callbacks = [TaskTensorBoard()]
+    callbacks = [TaskTensorBoard(settings)]
     if isinstance(scheduler, ASHAScheduler):
         callbacks.append(AshaRungs(scheduler))
     return ray.tune.Tuner(
@@ -119,7 +165,7 @@ def build_tuner(settings: SearchSettings, splits: Splits, *, storage_path: str, 
             # Same resources for every trial: keep the worker process (torch, transformers
             # already imported).
             reuse_actors=True,
-            trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
+            trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=ray.tune.RunConfig(
             name=name, storage_path=storage_path, callbacks=callbacks,
             # A failed trial (a lost node, say) restarts from its last epoch's checkpoint.
@@ -128,7 +174,7 @@ def build_tuner(settings: SearchSettings, splits: Splits, *, storage_path: str, 
             # TUNE_GLOBAL_CHECKPOINT_S (set in search.py) and may still name an older
             # checkpoint when the driver dies (ray-project/ray#27790).
             checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=3),
-            verbose=1))
+            verbose=settings.verbose))
 
 
 def restore_tuner(path: str, settings: SearchSettings, splits: Splits) -> ray.tune.Tuner:
