@@ -105,13 +105,18 @@ def session_hparams(tags: dict[str, list]) -> dict[str, float | str]:
             for name, v in data.session_start_info.hparams.items()}
 
 
-def hparams_metrics(tags: dict[str, list]) -> list[str]:
-    """The metric tags the HParams tab shows for a trial."""
+def hparams_experiment(tags: dict[str, list]):
+    """The HParams tab's declared columns and metrics, as a trial's events give them."""
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     [(_, value)] = tags["_hparams_/experiment"][:1]
-    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
-    return [info.name.tag for info in data.experiment.metric_infos]
+    return plugin_data_pb2.HParamsPluginData.FromString(
+        value.metadata.plugin_data.content).experiment
+
+
+def hparams_metrics(tags: dict[str, list]) -> list[str]:
+    """The metric tags the HParams tab shows for a trial."""
+    return [info.name.tag for info in hparams_experiment(tags).metric_infos]
 
 
 def last_scalar(tags: dict[str, list], tag: str) -> float:
@@ -234,13 +239,21 @@ def test_tiny_search_end_to_end(tmp_path, cache_dir):
         for tag in ("_hparams_/experiment", "_hparams_/session_start_info"):
             assert tag in tags and {p for p, _ in tags[tag]} == {"hparams"}, (tag, folder)
         hparams = session_hparams(tags)
-        assert set(hparams) == set(PAPER_DEFAULT) | {"task", "method", "epochs run", "status"}
+        assert set(hparams) == set(PAPER_DEFAULT) | {"task", "method", "Status"}
         for name, value in t["config"].items():
             assert hparams[name] == pytest.approx(value, rel=1e-6)
-        assert (hparams["task"], hparams["method"]) == ("demo", "infoprompt")
-        assert (hparams["epochs run"], hparams["status"]) == (t["epochs"], t["status"])
-        # The HParams metric is the objective, with the value results.json gives the trial.
-        assert hparams_metrics(tags) == ["1_objective/objective"]
+        assert (hparams["task"], hparams["method"], hparams["Status"]) == \
+            ("demo", "infoprompt", t["status"])
+        assert last_scalar(tags, "7_trial/epochs_run") == t["epochs"]
+        # The HParams metric is the objective, with the value results.json gives the trial;
+        # a choice is a discrete column.
+        assert hparams_metrics(tags) == ["1_objective/objective", "7_trial/epochs_run"]
+        experiment = hparams_experiment(tags)
+        objective = experiment.metric_infos[0]
+        assert "best valid accuracy" in objective.display_name and objective.description
+        columns = {info.name: info for info in experiment.hparam_infos}
+        assert list(columns["bottleneck"].domain_discrete.values)
+        assert columns["lr"].HasField("domain_interval")
         assert last_scalar(tags, "1_objective/objective") == pytest.approx(t["objective"])
     # The console: the objective in Ray's table, where to look printed before any trial ran.
     assert "objective" in done.stdout.split("Trial status:")[1].split("\n╰")[0]

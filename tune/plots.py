@@ -16,17 +16,17 @@ PLOTS = {"optimization_history.png": "plot_optimization_history",
          "param_importances.png": "plot_param_importances"}
 # Optuna's generic axis and legend words -> what they are in this search ({} is the
 # objective's label, objective_label).
-RENAMES = {"Objective Value": "{}", "Intermediate Value": "{} after each epoch",
-           "Step": "epoch", "Trial": "trial (Optuna's number)"}
-UNITS = {"accuracy": "fraction correct, 0 to 1", "mcc": "Matthews correlation, -1 to 1",
-         "f1": "0 to 1"}
+RENAMES = {"Intermediate Value": "{}", "Step": "epoch", "Trial": "trial (Optuna's number)"}
+TITLES = {"plot_intermediate_values": "The objective after each epoch, per trial",
+          "plot_optimization_history": "The objective of each trial"}
+UNITS = {"accuracy": "0 to 1", "mcc": "-1 to 1", "f1": "0 to 1"}
 
 
 def objective_label(objective: str, metric: str) -> str:
-    """The objective as an axis names it, with its unit: 'best valid accuracy (fraction
-    correct, 0 to 1)'."""
+    """The objective as an axis names it, with its range or unit: 'best valid accuracy
+    (0 to 1)'."""
     if objective == "loglik":
-        return "best valid log-likelihood of the gold labels (nats per example)"
+        return "best valid log-likelihood (nats)"
     what = {"best": f"best valid {metric}", "last": f"valid {metric}, latest epoch",
             "best_loglik": f"best valid {metric}, log-likelihood tie-break"}[objective]
     return f"{what} ({UNITS.get(metric, metric)})"
@@ -46,7 +46,7 @@ def plots(study: Any, label: str) -> tuple[dict[str, Any], list[str]]:
     figures, notes = {}, []
     for file, function in PLOTS.items():
         kwargs: dict[str, Any] = {}
-        title = None
+        title = TITLES.get(function)
         if function == "plot_param_importances":
             evaluator = optuna.importance.PedAnovaImportanceEvaluator()  # Optuna's default
             reason = _importance_problem(study, evaluator, len(finished))
@@ -54,25 +54,27 @@ def plots(study: Any, label: str) -> tuple[dict[str, Any], list[str]]:
                 notes.append(f"{file} left out: {reason}")
                 continue
             kwargs["evaluator"] = evaluator
-            title = (f"Hyperparameter importances for the objective ({type(evaluator).__name__}"
-                     f", {len(finished)} finished trials)")
+            title = f"Hyperparameter importances (PED-ANOVA, {len(finished)} finished trials)"
         elif not finished:
             notes.append(f"{file} left out: no finished trial")
             continue
+        if function != "plot_intermediate_values":  # it takes no name: renamed below
+            kwargs["target_name"] = label
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the matplotlib backend is "experimental"
             axes = getattr(optuna_plots, function)(study, **kwargs)
         figure = axes.figure
-        _retitle(axes, title, label)
+        _retitle(axes, title, label, short_legend=function == "plot_optimization_history")
         figure.set_size_inches(9, 5)
         figure.tight_layout()
         figures[file] = figure
     return figures, notes
 
 
-def _retitle(axes: Any, title: str | None, label: str) -> None:
+def _retitle(axes: Any, title: str | None, label: str, *, short_legend: bool) -> None:
     """One title, centred (Optuna's is left-aligned: a second one would overlap it); axis,
-    colour-bar and legend words renamed by RENAMES."""
+    tick and colour-bar words renamed by RENAMES. A `short_legend` (the optimization
+    history's, beside its axes) says "objective" where the y-axis has the whole label."""
     title = title or axes.get_title("left") or axes.get_title()
     for where in ("left", "right"):
         axes.set_title("", loc=where)
@@ -81,10 +83,13 @@ def _retitle(axes: Any, title: str | None, label: str) -> None:
         for get, put in ((ax.get_xlabel, ax.set_xlabel), (ax.get_ylabel, ax.set_ylabel)):
             if get() in RENAMES:
                 put(RENAMES[get()].format(label))
-        legend = ax.get_legend()
+        ticks = [t.get_text() for t in ax.get_xticklabels()]
+        if any(t in RENAMES for t in ticks):  # the parallel-coordinates plot's first axis
+            ax.set_xticks(ax.get_xticks(), [RENAMES.get(t, t).format(label) for t in ticks])
+        legend = ax.get_legend() if short_legend else None
         for text in legend.get_texts() if legend is not None else []:
-            if text.get_text() in RENAMES:
-                text.set_text(RENAMES[text.get_text()].format(label))
+            names = {label: "objective", "Best Value": "best so far"}
+            text.set_text(names.get(text.get_text(), text.get_text()))
 
 
 def write_plots(study: Any, folder: Path, label: str = "objective") -> list[str]:

@@ -104,6 +104,8 @@ class SearchSettings:
             if getattr(self, name) < low:
                 raise InfoPromptError(f"--{name.replace('_', '-')} must be >= {low}, "
                                       f"got {getattr(self, name)}")
+        if self.verbose not in (0, 1, 2):
+            raise InfoPromptError(f"--verbose must be 0, 1 or 2, got {self.verbose}")
         if self.reduction_factor <= 1:
             raise InfoPromptError(f"--reduction-factor must be > 1, got {self.reduction_factor:g}")
         if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:

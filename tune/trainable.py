@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import logging
 import os
 import pickle
 import tempfile
@@ -80,6 +81,9 @@ def release_memory(device: torch.device, held: list) -> None:
 def trainable(params: dict[str, Any], *, base: InfoPromptConfig, splits: Splits,
               cv_folds: int = 1, objective: Objective = Objective.BEST) -> None:
     cfg = base.replace(**params)
+    # One INFO line per epoch and trial ("Checkpoint successfully created at …") would bury
+    # Ray's progress table; each checkpoint is in the trial's folder anyway.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     resources = ray.tune.get_context().get_trial_resources().required_resources
     # One Ray CPU is one thread: more would oversubscribe the node's cores.
     torch.set_num_threads(max(1, int(resources.get("CPU", 1))))

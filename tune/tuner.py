@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import optuna
 import ray.tune
 from ray.tune import Callback
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -138,6 +140,14 @@ def _trainable(settings: SearchSettings, splits: Splits) -> Any:
                                                "gpu": settings.gpus_per_trial})
 
 
+def _loggers(settings: SearchSettings) -> list[Callback]:
+    """Tune's CSV and JSON loggers and our TensorBoard, with Tune's automatic loggers off:
+    its TensorBoard logger would log every value a second time (tune/tensorboard_callback).
+    Tune reads the switch when the tuner runs, in this process."""
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    return [CSVLoggerCallback(), JsonLoggerCallback(), TaskTensorBoard(settings)]
+
+
 def build_tuner(settings: SearchSettings, splits: Splits, *, storage_path: str, name: str,
                 max_concurrent: int, study_url: str | None = None, searcher: Any = None,
                 scheduler: Any = None) -> ray.tune.Tuner:
@@ -153,7 +163,7 @@ def build_tuner(settings: SearchSettings, splits: Splits, *, storage_path: str, 
     scheduler = scheduler or ASHAScheduler(time_attr="epoch", max_t=cfg.epochs,
                                            grace_period=settings.grace_period,
                                            reduction_factor=settings.reduction_factor)
-    callbacks = [TaskTensorBoard(settings)]
+    callbacks = _loggers(settings)
     if isinstance(scheduler, ASHAScheduler):
         callbacks.append(AshaRungs(scheduler))
     return ray.tune.Tuner(
@@ -179,5 +189,6 @@ def build_tuner(settings: SearchSettings, splits: Splits, *, storage_path: str, 
 
 def restore_tuner(path: str, settings: SearchSettings, splits: Splits) -> ray.tune.Tuner:
     """Continue an interrupted search: finished trials are kept, unfinished ones resume."""
+    _loggers(settings)  # the callbacks themselves come back with the tuner's saved state
     return ray.tune.Tuner.restore(path, _trainable(settings, splits), resume_unfinished=True,
                                   resume_errored=False)
