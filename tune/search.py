@@ -91,13 +91,13 @@ def final_evaluation(settings: SearchSettings, configs: dict[str, dict[str, Any]
                    **final_stats([runs[tuple(sorted(params.items())), seed]["test_metric"]
                                   for seed in seeds])}
            for label, params in configs.items()}
-    if saved is not None:
-        valid = {seed: runs[saved, seed].get("best_valid_metric", -math.inf) for seed in seeds}
-        first = next(iter(configs))
-        out[first]["models"] = {str(seed): folders[seed] for seed in seeds
-                                if "saved_to" in runs[saved, seed]}
+    kept = [seed for seed in seeds if saved is not None and "saved_to" in runs[saved, seed]]
+    if kept:  # a diverged seed saved nothing
+        first = out[next(iter(configs))]
+        first["models"] = {str(seed): folders[seed] for seed in kept}
         # Chosen by the valid metric: choosing by test would score on the split it selected.
-        out[first]["model_by_valid"] = folders[max(seeds, key=valid.get)]
+        first["model_by_valid"] = folders[max(
+            kept, key=lambda seed: runs[saved, seed]["best_valid_metric"])]
     return out
 
 
