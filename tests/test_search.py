@@ -770,6 +770,15 @@ def test_help_is_quick():
         assert flag in done.stdout
     for searched in ("--beta ", "--lr ", "--k-negatives ", "--temperature "):  # set by the search
         assert searched not in done.stdout
+    # Each default said once; no flag that only undoes a default; ASHA's flags in one group,
+    # --epochs (its max_t) among them.
+    assert "(default: None)" not in done.stdout and "(default: False)" not in done.stdout
+    for flag_help in done.stdout.split("\n  --")[1:]:
+        assert flag_help.count("default") <= 1, flag_help
+    assert "--no-resume" not in done.stdout and "--no-bf16" not in done.stdout
+    asha = done.stdout.split("\nASHA")[1].split("\n\n")[0]
+    assert [flag for flag in re.findall(r"^  (--[\w-]+)", asha, re.M)] == \
+        ["--epochs", "--grace-period", "--reduction-factor"]
     assert time.perf_counter() - started < 30
 
 
