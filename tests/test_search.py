@@ -248,18 +248,26 @@ def test_tiny_search_end_to_end(tmp_path, cache_dir):
         # The HParams metric is the objective, with the value results.json gives the trial;
         # a choice is a discrete column.
         assert hparams_metrics(tags) == ["1_objective/objective", "7_trial/epochs_run"]
-        experiment = hparams_experiment(tags)
-        objective = experiment.metric_infos[0]
+        declared = hparams_experiment(tags)
+        objective = declared.metric_infos[0]
         assert "best valid accuracy" in objective.display_name and objective.description
-        columns = {info.name: info for info in experiment.hparam_infos}
+        columns = {info.name: info for info in declared.hparam_infos}
         assert list(columns["bottleneck"].domain_discrete.values)
         assert columns["lr"].HasField("domain_interval")
         assert last_scalar(tags, "1_objective/objective") == pytest.approx(t["objective"])
-    # The console: the objective in Ray's table, where to look printed before any trial ran.
-    assert "objective" in done.stdout.split("Trial status:")[1].split("\n╰")[0]
+    # The console: the objective in Ray's last table (the first has no results yet), where
+    # to look printed before any trial ran, a line per final config and seed.
+    header = done.stdout.split("Trial status:")[-1].split("\n├")[0].split()
+    assert header[header.index("objective") + 1] == "epoch", header
     assert done.stdout.index("tensorboard --logdir") < done.stdout.index("Trial status:")
     assert not re.search(r"Trial \S+ (result|config)", done.stdout), \
         "per-trial boxes at the default verbosity"
+    assert re.search(r"final evaluation: best( = default)? config, seed 1: test accuracy "
+                     r"[\d.]+ \(\d/\d done", done.stdout), done.stdout[-3000:]
+    # The best config's models, one per final seed, and the command that uses one.
+    assert sorted(p.name for p in (experiment / "best_model").iterdir()) == ["seed_0", "seed_1"]
+    assert set(results["final"]["best"]["models"]) == {"0", "1"}
+    assert f"--model-dir {results['final']['best']['model_by_valid']}" in done.stdout
     print(f"\ntiny search: {time.perf_counter() - started:.0f}s; epochs per trial "
           f"{[t['epochs'] for t in trials]}, {len(stopped)} stopped by ASHA; best "
           f"{results['best_valid_metric']:.3f}; final best {results['final']['best']['per_seed']}"
