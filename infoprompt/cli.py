@@ -197,7 +197,8 @@ def predict_main(argv: list[str]) -> int:
                         help=".tsv, .csv or .jsonl (default: TSV on stdout)")
     parser.add_argument("--task", default=None,
                         help="refuse the folder unless it was trained for this task")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--device", default="auto",
+                        help="auto (cuda when available, else cpu), cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     if args.output is not None:
         if args.output.suffix.lower() not in (".tsv", ".csv", ".jsonl"):

@@ -31,6 +31,7 @@ from infoprompt.model import InfoPromptModel
 from infoprompt.store import features_table
 from infoprompt.tasks import Task, get_task
 from infoprompt.template import Template
+from infoprompt.train import resolve_device
 
 __all__ = ["FORMAT", "MANIFEST", "WEIGHTS", "SavedModel", "load_model", "save_model"]
 
@@ -148,18 +149,19 @@ def read_manifest(folder: Path) -> dict[str, Any]:
 
 
 def load_model(folder: str | os.PathLike[str], *, task: str | None = None,
-               model: str | None = None, device: str = "cpu") -> SavedModel:
+               model: str | None = None, device: str = "auto") -> SavedModel:
     """The folder's model on `device`. Refused, in one line: a folder for another `task` or
     encoder (`model`) than the caller expects, an encoder that is not the one it was trained
     on, weights that do not fit the config, a pickle instead of safetensors."""
     folder = Path(folder).expanduser().absolute()
     manifest = read_manifest(folder)
+    where = resolve_device(device)  # refuses cuda without a GPU, in one line
     saved_task, saved_encoder = manifest["task"], manifest["encoder"]
     if task is not None and task != saved_task:
         raise _refuse(folder, f"was trained for task {saved_task}, not {task}")
     if model is not None and model != saved_encoder["name"]:
         raise _refuse(folder, f"was trained on encoder {saved_encoder['name']}, not {model}")
-    cfg = InfoPromptConfig.from_dict({**manifest["config"], "device": device})
+    cfg = InfoPromptConfig.from_dict({**manifest["config"], "device": str(where)})
     the_task = get_task(saved_task)
     if list(the_task.label_names) != manifest["label_names"]:
         raise _refuse(folder, f"its labels {manifest['label_names']} are not task "
@@ -179,8 +181,8 @@ def load_model(folder: str | os.PathLike[str], *, task: str | None = None,
         raise _refuse(folder, f"{WEIGHTS} does not fit its config (method "
                               f"{cfg.method.value}): other tensors or shapes")
     net.load_state_dict(state, strict=False)
-    net.to(torch.device(device))
-    return SavedModel(net, the_task, manifest, torch.device(device))
+    net.to(where)
+    return SavedModel(net, the_task, manifest, where)
 
 
 def read_rows(path: str | None, task: Task, lines: Iterator[str] | None = None) -> pa.Table:
