@@ -298,7 +298,7 @@ def markdown(store: Store, table: dict[str, Any], labels: list[str],
                     f"{found['best_valid_metric']:.4f} with {shown(found['best_config'])} "
                     f"({found['trials']} trials, {found['stopped_early']} stopped by ASHA, "
                     f"{found['trial_epochs']} trial-epochs, {found['seconds'] / 60:.1f} min). "
-                    f"Re-rank: {found['decision']}.")
+                    f"Re-rank: {found['decision'] or 'none (--rerank-top 0)'}.")
     return "\n".join([
         "## Few-shot methods table (`bench/methods_table.py`)", "",
         f"Test metric (GLUE dev; CoLA: Matthews corr., SST-2: accuracy), mean ± std over "

@@ -86,3 +86,52 @@ def test_results_show_the_rerank_table_and_the_decision(tmp_path: Path):
     assert "**Decision:** the default is returned" in text
     body = (tmp_path / "results.json").read_text()
     assert '"returned_config": {\n    "lr": 0.001' in body and '"rerank": {' in body
+
+
+def test_a_trial_trains_one_run_per_split_draw_and_reports_their_mean(monkeypatch):
+    """The trainable (tune/trainable.py) in a pretend trial: each draw's run gets that draw's
+    splits and seed, and every report is the mean over the draws at one epoch, objective
+    included (what ASHA and TPE see)."""
+    import types
+
+    import ray
+    import ray.tune
+    import torch
+
+    from tune import trainable as trainable_module
+
+    built, reports = [], []
+
+    class FakeRun:
+        def __init__(self, cfg, splits, *, resume=None):
+            built.append((cfg.seed, splits))
+            self.history, self.offset = [], {"draw-5": 0.0, "draw-6": 0.2}[splits]
+
+        def epochs(self):
+            for epoch, metric in enumerate((0.5, 0.7, 0.6), 1):
+                record = {"epoch": epoch, "valid_metric": metric + self.offset,
+                          "valid_loglik": -1.0, "best_valid_metric": 1.0, "best_epoch": 1}
+                self.history.append(record)
+                yield record
+
+        def state(self, *, with_best=True):
+            return {"history": self.history}
+
+    resources = types.SimpleNamespace(required_resources={"CPU": 1})
+    monkeypatch.setattr(ray.tune, "get_context", lambda: types.SimpleNamespace(
+        get_trial_resources=lambda: resources))
+    monkeypatch.setattr(ray, "get_runtime_context", lambda: types.SimpleNamespace(
+        get_node_id=lambda: "node"))
+    monkeypatch.setattr(ray.tune, "report", lambda metrics, checkpoint: reports.append(metrics))
+    monkeypatch.setattr(trainable_module, "_restored_states", lambda: None)
+    monkeypatch.setattr(trainable_module, "Training", FakeRun)
+    threads = torch.get_num_threads()
+    try:
+        trainable_module.trainable({"lr": 2e-3}, base=InfoPromptConfig(task="demo", seed=5),
+                                   draws={6: "draw-6", 5: "draw-5"})
+    finally:  # the trainable sets torch's threads to the trial's CPUs
+        torch.set_num_threads(threads)
+    assert built == [(5, "draw-5"), (6, "draw-6")]
+    assert [r["valid_metric"] for r in reports] == pytest.approx([0.6, 0.8, 0.7])
+    assert [r["objective"] for r in reports] == pytest.approx([0.6, 0.8, 0.8])
+    assert "best_valid_metric" not in reports[0]  # a per-run best is not the mean's best

@@ -60,7 +60,8 @@ def check_gpus(settings: SearchSettings) -> None:
 
 
 def fit_on_seeds(settings: SearchSettings, configs: dict[str, dict[str, Any]],
-                 seeds: list[int], *, with_test: bool) -> dict[str, list[dict | None]]:
+                 seeds: list[int], *, with_test: bool,
+                 stage: str = "re-training") -> dict[str, list[dict | None]]:
     """Each config re-trained from scratch on each split seed (that seed's train/valid draw,
     and its training seed), exactly as a trial trains (epochs, schedule), as Ray tasks with
     the trials' resources. Identical configs are trained once; None where a run diverged."""
@@ -77,8 +78,8 @@ def fit_on_seeds(settings: SearchSettings, configs: dict[str, dict[str, Any]],
     distinct = {tuple(sorted(p.items())): p for p in configs.values()}
     jobs = {(key, seed): remote.remote(cfg.replace(**params, seed=seed), splits[seed])
             for key, params in distinct.items() for seed in seeds}
-    print(f"{len(distinct)} configs x {len(seeds)} split seeds {seeds}, {cfg.epochs} epochs "
-          "each", flush=True)
+    print(f"{stage}: {len(distinct)} configs x {len(seeds)} split seeds {seeds}, "
+          f"{cfg.epochs} epochs each", flush=True)
     runs = {key: _finished(job) for key, job in jobs.items()}
     return {label: [runs[tuple(sorted(params.items())), seed] for seed in seeds]
             for label, params in configs.items()}
@@ -94,14 +95,18 @@ def rerank(settings: SearchSettings, trials: list[Any]) -> dict[str, Any]:
     top = challengers(trials, settings.rerank_top, default)
     configs = {DEFAULT: default, **{label: t.config for label, t in top.items()}}
     seeds = settings.split_seeds["rerank"]
-    print(f"re-rank: the default and the search's {len(top)} best, on split seeds the search "
-          "never saw:", end=" ", flush=True)
-    runs = fit_on_seeds(settings, configs, seeds, with_test=False)
+    runs = fit_on_seeds(settings, configs, seeds, with_test=False,
+                        stage=f"re-rank of the default and the search's {len(top)} best")
     scores = {label: [objective_value(run["history"], settings.objective) if run else math.nan
                       for run in per_seed] for label, per_seed in runs.items()}
     result = decide(scores, configs, seeds)
+    searched = {}  # config -> its best objective in the search (the default's too)
+    for trial in trials:
+        if trial.objective is not None and not trial.status.startswith("error"):
+            key = tuple(sorted(trial.config.items()))
+            searched[key] = max(searched.get(key, -math.inf), trial.objective)
     for row in result["rows"]:
-        row["search_objective"] = top[row["label"]].objective if row["label"] in top else None
+        row["search_objective"] = searched.get(tuple(sorted(row["config"].items())))
     return result
 
 
@@ -112,8 +117,7 @@ def final_evaluation(settings: SearchSettings,
     from tune.report import final_stats
 
     seeds = settings.split_seeds["final"]
-    print("final evaluation:", end=" ", flush=True)
-    runs = fit_on_seeds(settings, configs, seeds, with_test=True)
+    runs = fit_on_seeds(settings, configs, seeds, with_test=True, stage="final evaluation")
     return {label: {"config": configs[label], "seeds": seeds,
                     **final_stats([run["test_metric"] if run else math.nan
                                    for run in per_seed])}
