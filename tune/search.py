@@ -79,7 +79,7 @@ def fit_on_seeds(settings: SearchSettings, configs: dict[str, dict[str, Any]],
     jobs = {(key, seed): remote.remote(cfg.replace(**params, seed=seed), splits[seed])
             for key, params in distinct.items() for seed in seeds}
     print(f"{stage}: {len(distinct)} configs x {len(seeds)} split seeds {seeds}, "
-          f"{cfg.epochs} epochs each", flush=True)
+          f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} each", flush=True)
     runs = {key: _finished(job) for key, job in jobs.items()}
     return {label: [runs[tuple(sorted(params.items())), seed] for seed in seeds]
             for label, params in configs.items()}
