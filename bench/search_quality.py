@@ -282,7 +282,8 @@ def markdown(rows: list[dict[str, Any]], summary: dict[str, Any], args: argparse
         "(`bench/search_quality.py`)", "",
         f"{args.task.upper()} {args.shots}-shot, {args.model}; seeds "
         f"{', '.join(str(s) for s in args.seeds)} (seed s: split seeds from {SEED_STRIDE}·s "
-        "on for its searches, then its re-rank's and its test draws); (a) TPE + ASHA, {args.tpe_samples} trials, grace {args.grace_period}, "
+        "on for its searches, then its re-rank's and its test draws); (a) TPE + ASHA, "
+        f"{args.tpe_samples} trials, grace {args.grace_period}, "
         f"--split-draws {args.split_draws}, re-rank top {args.rerank_top} on "
         f"{args.rerank_draws} draws; (b) random + FIFO, {args.random_samples} trials; at most "
         f"{args.epochs} epochs a trial. Incumbents re-trained on {args.final_draws} unseen "

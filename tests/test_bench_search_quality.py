@@ -58,5 +58,6 @@ def test_paired_summary_per_budget() -> None:
     args = bench.parse_args(["--seeds", "0", "1", "2", "--no-write"])
     text = bench.markdown(rows, summary, args, wall=60.0)
     assert "| 1/3 of (b)'s trial-epochs | 0.6933 | 0.6767 |" in text
+    assert "(a) TPE + ASHA, 40 trials, grace 2, --split-draws 1" in text and "{" not in text
     # Three seeds are fewer than the target's five: it is not called met or missed.
     assert "**not measurable with 3 seed(s) (needs at least 5)**" in text
