@@ -45,7 +45,7 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, title
         default = getattr(field.default, "value", field.default)
         shown = field.metadata["help"]
         # A help that says what "not given" means already (None defaults) says it once.
-        if default not in (None, False) and "default" not in shown:
+        if default not in (None, False) and "default:" not in shown and "(default" not in shown:
             shown = f"{shown} (default: {default})"
         options: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS,
                                    "help": shown}

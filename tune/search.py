@@ -1,9 +1,11 @@
 """python tune/search.py --task cola --shots 64 [...]: find InfoPrompt's best hyperparameters.
 
 Optuna (TPE) proposes β, γ, K, lr and r (and τ for a bounded critic); ASHA stops poor
-trials early on the valid metric; the best configuration and the paper's default are then
-re-trained from scratch on --final-seeds seeds and scored on the test split, which the
-search never saw.
+trials early on the valid metric (the mean over --split-draws train/valid draws). The
+--rerank-top best configurations and the paper's default are then re-trained on further
+draws; a challenger is returned only if it beats the default there by a resolved margin,
+else the default is. The returned and the default configuration are finally re-trained on
+--final-seeds fresh draws and scored on the test split, which the search never saw.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from tune.interrupt import interrupted_message, sigint_watched, unfinished_trial
 from tune.settings import SearchSettings, add_settings_arguments, resumed, settings_from_args
 from tune.space import SPACE, add_space_arguments, paper_point
 
-__all__ = ["final_evaluation", "main", "parse_args", "search"]
+__all__ = ["final_evaluation", "fit_on_seeds", "main", "parse_args", "rerank", "search"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -58,79 +60,124 @@ def check_gpus(settings: SearchSettings) -> None:
                                   "machine has no GPU; drop the flag to train on CPU")
 
 
-def final_evaluation(settings: SearchSettings, configs: dict[str, dict[str, Any]],
-                     model_path: str | None = None) -> dict[str, Any]:
-    """Re-train each config from scratch on seeds cfg.seed .. +final_seeds-1, test-scored,
-    as Ray tasks with the trials' resources. With `model_path`, the first config's model of
-    each seed is saved under it (model_folders)."""
+def fit_on_seeds(settings: SearchSettings, configs: dict[str, dict[str, Any]],
+                 seeds: list[int], *, with_test: bool, stage: str = "re-training",
+                 save: dict[int, str] | None = None) -> dict[str, list[dict | None]]:
+    """Each config re-trained from scratch on each split seed (that seed's train/valid draw,
+    and its training seed), exactly as a trial trains (epochs, schedule), as Ray tasks with
+    the trials' resources. Identical configs are trained once; None where a run diverged.
+    `save`: seed -> the folder where the first config's model of that seed is saved."""
     import ray
 
     from infoprompt.store import load_splits
     from infoprompt.tasks import get_task
-    from tune.report import final_stats
     from tune.trainable import final_fit
 
     cfg = settings.config
-    seeds = [cfg.seed + i for i in range(settings.final_seeds)]
-    splits = {seed: ray.put(load_splits(cfg.replace(seed=seed))) for seed in seeds}
+    splits = {seed: ray.put(load_splits(cfg.replace(seed=seed), with_test=with_test))
+              for seed in seeds}
     remote = ray.remote(final_fit).options(num_cpus=settings.cpus_per_trial,
                                            num_gpus=settings.gpus_per_trial)
-    # Identical configs (the best may be the default) are trained once.
     distinct = {tuple(sorted(p.items())): p for p in configs.values()}
-    saved = tuple(sorted(next(iter(configs.values())).items())) if model_path else None
-    folders = model_folders(model_path, seeds) if model_path else {}
+    saved = tuple(sorted(next(iter(configs.values())).items())) if save else None
     jobs = {(key, seed): remote.remote(cfg.replace(**params, seed=seed), splits[seed],
-                                       folders.get(seed) if key == saved else None)
+                                       (save or {}).get(seed) if key == saved else None)
             for key, params in distinct.items() for seed in seeds}
+    print(f"{stage}: {len(distinct)} configs x {len(seeds)} split seeds {seeds}, "
+          f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} each", flush=True)
     labels = {key: " = ".join(label for label, p in configs.items()
                               if tuple(sorted(p.items())) == key) for key in distinct}
-    print(f"final evaluation: {len(distinct)} configs x {len(seeds)} seeds, "
-          f"{cfg.epochs} epochs each", flush=True)
-    runs = _gather(jobs, labels, metric=get_task(cfg.task).metric)
-    out = {label: {"config": params, "seeds": seeds,
-                   **final_stats([runs[tuple(sorted(params.items())), seed]["test_metric"]
-                                  for seed in seeds])}
-           for label, params in configs.items()}
-    kept = [seed for seed in seeds if saved is not None and "saved_to" in runs[saved, seed]]
+    runs = _gather(jobs, labels, stage=stage, with_test=with_test,
+                   metric=get_task(cfg.task).metric)
+    return {label: [runs[tuple(sorted(params.items())), seed] for seed in seeds]
+            for label, params in configs.items()}
+
+
+def _gather(jobs: dict[tuple, Any], labels: dict[tuple, str], *, stage: str, with_test: bool,
+            metric: str) -> dict[tuple, dict | None]:
+    """Each job's summary (None: it diverged), with a line as each ends."""
+    import ray
+
+    started, runs = time.perf_counter(), {}
+    waiting = {job: key for key, job in jobs.items()}
+    stage = stage.split(" of ")[0]  # "re-rank of the default and …" -> "re-rank"
+    while waiting:
+        [done], _ = ray.wait(list(waiting), num_returns=1)
+        key = waiting.pop(done)
+        run = runs[key] = _finished(done)
+        shown = ("diverged" if run is None else f"test {metric} {run['test_metric']:.4f}"
+                 if with_test else f"best valid {metric} {run['best_valid_metric']:.4f}")
+        print(f"{stage}: {labels[key[0]]} config, split seed {key[1]}: {shown} "
+              f"({len(runs)}/{len(jobs)} done, {time.perf_counter() - started:.0f}s)",
+              flush=True)
+    return runs
+
+
+def rerank(settings: SearchSettings, trials: list[Any]) -> dict[str, Any]:
+    """The --rerank-top best configs and the default on the re-rank's split seeds, scored by
+    the search's objective on each draw's valid split (never test); tune/rerank.py decides."""
+    from tune.objective import objective_value
+    from tune.rerank import DEFAULT, challengers, decide
+
+    default = paper_point(settings.config, settings.space)
+    top = challengers(trials, settings.rerank_top, default)
+    configs = {DEFAULT: default, **{label: t.config for label, t in top.items()}}
+    seeds = settings.split_seeds["rerank"]
+    runs = fit_on_seeds(settings, configs, seeds, with_test=False,
+                        stage=f"re-rank of the default and the search's {len(top)} best")
+    scores = {label: [objective_value(run["history"], settings.objective) if run else math.nan
+                      for run in per_seed] for label, per_seed in runs.items()}
+    result = decide(scores, configs, seeds)
+    searched = {}  # config -> its best objective in the search (the default's too)
+    for trial in trials:
+        if trial.objective is not None and not trial.status.startswith("error"):
+            key = tuple(sorted(trial.config.items()))
+            searched[key] = max(searched.get(key, -math.inf), trial.objective)
+    for row in result["rows"]:
+        row["search_objective"] = searched.get(tuple(sorted(row["config"].items())))
+    return result
+
+
+def final_evaluation(settings: SearchSettings, configs: dict[str, dict[str, Any]],
+                     model_path: str | None = None) -> dict[str, Any]:
+    """Re-train each config from scratch on the final split seeds (disjoint from the
+    search's and the re-rank's) and score it on test. With `model_path`, the first config's
+    model of each seed is saved in <model_path>/seed_<n> (infoprompt/saved.py)."""
+    from tune.report import final_stats
+
+    seeds = settings.split_seeds["final"]
+    folders = {seed: f"{model_path.rstrip('/')}/seed_{seed}" for seed in seeds} \
+        if model_path else None
+    runs = fit_on_seeds(settings, configs, seeds, with_test=True, stage="final evaluation",
+                        save=folders)
+    out = {label: {"config": configs[label], "seeds": seeds,
+                   **final_stats([run["test_metric"] if run else math.nan
+                                  for run in per_seed])}
+           for label, per_seed in runs.items()}
+    first = next(iter(configs))
+    kept = {seed: run for seed, run in zip(seeds, runs[first])
+            if folders and run and "saved_to" in run}
     if kept:  # a diverged seed saved nothing
-        first = out[next(iter(configs))]
-        first["models"] = {str(seed): folders[seed] for seed in kept}
+        out[first]["models"] = {str(seed): folders[seed] for seed in kept}
         # Chosen by the valid metric: choosing by test would score on the split it selected.
-        first["model_by_valid"] = folders[max(
-            kept, key=lambda seed: runs[saved, seed]["best_valid_metric"])]
+        out[first]["model_by_valid"] = folders[max(
+            kept, key=lambda seed: kept[seed]["best_valid_metric"])]
     return out
 
 
-def model_folders(model_path: str, seeds: list[int]) -> dict[int, str]:
-    """Where each seed's model goes: <experiment>/best_model/seed_<n>."""
-    return {seed: f"{model_path.rstrip('/')}/seed_{seed}" for seed in seeds}
-
-
-def _gather(jobs: dict[tuple, Any], labels: dict[tuple, str], *, metric: str
-            ) -> dict[tuple, dict[str, Any]]:
-    """Each job's summary, printed as it ends. A seed whose re-training diverges scores NaN
-    (final_stats counts it apart)."""
+def _finished(job: Any) -> dict[str, Any] | None:
+    """A run whose re-training diverges gives None (it scores NaN, counted apart)."""
     import ray
 
     from infoprompt.train import Diverged
 
-    started, runs = time.perf_counter(), {}
-    waiting = {job: key for key, job in jobs.items()}
-    while waiting:
-        [done], _ = ray.wait(list(waiting), num_returns=1)
-        key = waiting.pop(done)
-        try:
-            runs[key] = ray.get(done)
-            shown = f"test {metric} {runs[key]['test_metric']:.4f}"
-        except ray.exceptions.RayTaskError as error:
-            if not isinstance(error.cause, Diverged):
-                raise
-            print(f"warning: a final re-training diverged: {error.cause}", file=sys.stderr)
-            runs[key], shown = {"test_metric": math.nan}, "diverged"
-        print(f"final evaluation: {labels[key[0]]} config, seed {key[1]}: {shown} "
-              f"({len(runs)}/{len(jobs)} done, {time.perf_counter() - started:.0f}s)",
-              flush=True)
-    return runs
+    try:
+        return ray.get(job)
+    except ray.exceptions.RayTaskError as error:
+        if isinstance(error.cause, Diverged):
+            print(f"warning: a re-training diverged: {error.cause}", file=sys.stderr)
+            return None
+        raise
 
 
 def write_reports(summary: Any, storage: str, name: str, study_url: str) -> tuple[str, str]:
@@ -157,16 +204,22 @@ def search_record(settings: SearchSettings, concurrent: int) -> dict[str, Any]:
     import optuna
     import ray
 
-    from tune.tuner import sampler_options
+    from tune.settings import Scheduler
+    from tune.tuner import SAMPLERS, sampler_options
 
+    sampler = SAMPLERS[settings.sampler]
+    asha = settings.scheduler is Scheduler.ASHA
     return {
         "objective": {"name": settings.objective.value,
                       "definition": settings.objective.definition, "mode": "max"},
-        "sampler": {"name": "optuna.samplers.TPESampler",
+        "sampler": {"name": f"optuna.samplers.{sampler.__name__}",
                     **sampler_options(settings, concurrent)},
-        "scheduler": {"name": "ray.tune.schedulers.ASHAScheduler", "time_attr": "epoch",
-                      "max_t": settings.config.epochs, "grace_period": settings.grace_period,
-                      "reduction_factor": settings.reduction_factor},
+        "scheduler": ({"name": "ray.tune.schedulers.ASHAScheduler", "time_attr": "epoch",
+                       "max_t": settings.config.epochs, "grace_period": settings.grace_period,
+                       "reduction_factor": settings.reduction_factor} if asha else
+                      {"name": "ray.tune.schedulers.FIFOScheduler"}),
+        "split_draws": settings.split_draws,
+        "split_seeds": settings.split_seeds,
         "max_concurrent": concurrent,
         "versions": {"optuna": optuna.__version__, "ray": ray.__version__},
     }
@@ -225,20 +278,18 @@ def _locked_search(settings: SearchSettings, given: set[str], storage: str, name
 
     check_study_name(settings, name)
     warm = warm_trials(settings)  # refused before any work if it does not match
-    splits = load_splits(settings.config, with_test=False)  # the search never reads test
-    if settings.cv_folds > 1:  # refused now, not by every attempt of every trial
-        from tune.trainable import rotations
-
-        rotations(splits, settings.cv_folds, seed=settings.config.seed)
+    # The search never reads test; every trial trains on every one of these draws.
+    draws = {seed: load_splits(settings.config.replace(seed=seed), with_test=False)
+             for seed in settings.split_seeds["search"]}
     connect(settings.address)
     try:
-        return _search(settings, splits, storage, name, path, warm)
+        return _search(settings, draws, storage, name, path, warm)
     finally:  # also for callers of search() in-process, and on errors
         ray.shutdown()
 
 
-def _search(settings: SearchSettings, splits: Any, storage: str, name: str, path: str,
-            warm: list[Any]) -> dict[str, Any]:
+def _search(settings: SearchSettings, draws: dict[int, Any], storage: str, name: str,
+            path: str, warm: list[Any]) -> dict[str, Any]:
     from tune import report
     from tune.study import prepare_study, study_storage
     from tune.tuner import build_tuner, restore_tuner, trial_boxes
@@ -260,10 +311,10 @@ def _search(settings: SearchSettings, splits: Any, storage: str, name: str, path
     prepare_study(settings, study_url, name, warm)
     if settings.resume:
         print(f"resuming {path}", flush=True)
-        tuner = restore_tuner(path, settings, splits)
+        tuner = restore_tuner(path, settings, draws)
     else:
         save_settings(settings, storage, name)
-        tuner = build_tuner(settings, splits, storage_path=storage, name=name,
+        tuner = build_tuner(settings, draws, storage_path=storage, name=name,
                             max_concurrent=concurrent, study_url=study_url)
     print(f"\nWatch it: tensorboard --logdir {path}\n"
           f"          optuna-dashboard {study_url}\n", flush=True)
@@ -273,26 +324,31 @@ def _search(settings: SearchSettings, splits: Any, storage: str, name: str, path
     if sigint.seen or unfinished_trials(grid):  # Ray saved it: no final evaluation, no reports
         raise KeyboardInterrupt
     rows = report.trial_rows(grid, cfg.epochs)
-    summary = report.summarize(task=cfg.task, metric=splits.task.metric,
+    metric = next(iter(draws.values())).task.metric
+    summary = report.summarize(task=cfg.task, metric=metric,
                                method=cfg.method.value, trials=rows, final={},
                                search=search_record(settings, concurrent))
     # Written now and again after the final evaluation: a failure there loses no search.
     target, markdown = write_reports(summary, storage, name, study_url)
+    if settings.rerank_top:
+        summary = summary._replace(rerank=rerank(settings, rows))
+        target, markdown = write_reports(summary, storage, name, study_url)
     if settings.final_seeds:
-        configs = {"best": summary.best_config, "default": paper_point(cfg, settings.space)}
-        final = final_evaluation(settings, configs, model_path=f"{path}/best_model")
-        final.update(report.final_comparison(final["best"]["per_seed"],
+        configs = {"returned": summary.returned_config,
+                   "default": paper_point(cfg, settings.space)}
+        final = final_evaluation(settings, configs, model_path=f"{path}/model")
+        final.update(report.final_comparison(final["returned"]["per_seed"],
                                              final["default"]["per_seed"]))
         summary = summary._replace(final=final)
         target, markdown = write_reports(summary, storage, name, study_url)
     print("\n" + markdown)
-    print(f"{len(rows)} trials, {summary.stopped_early} stopped early by ASHA, "
+    print(f"{len(rows)} trials, {summary.stopped_early} stopped early, "
           f"{time.perf_counter() - started:.0f}s. Results: {target}/results.md\n"
           f"TensorBoard: tensorboard --logdir {path}\n"
           f"Optuna dashboard: optuna-dashboard {study_url}")
-    chosen = summary.final.get("best", {}).get("model_by_valid")
+    chosen = summary.final.get("returned", {}).get("model_by_valid")
     if chosen:
-        print(f"Classify text with the best config: python -m infoprompt predict "
+        print(f"Classify text with the returned config: python -m infoprompt predict "
               f"--model-dir {chosen} --input FILE")
     return {"path": target, "summary": summary}
 
