@@ -211,7 +211,7 @@ def test_tiny_search_end_to_end(tmp_path, cache_dir):
                      key=lambda t: t["objective"])
     assert [r["config"] for r in rerank["rows"]] == [PAPER_DEFAULT, challenger["config"]]
     row = rerank["rows"][1]
-    assert row["label"] == challenger["trial_id"] and len(row["per_seed"]) == 2
+    assert row["label"] == challenger["name"] and len(row["per_seed"]) == 2
     assert row["vs_default"]["per_seed"] == pytest.approx(
         [c - d for c, d in zip(row["per_seed"], rerank["rows"][0]["per_seed"])])
     returned = challenger["config"] if row["resolved_better"] else PAPER_DEFAULT
