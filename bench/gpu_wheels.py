@@ -29,7 +29,8 @@ from pathlib import Path
 # What tune/ needs beyond the GPU machine's own packages (torch, transformers, pyarrow,
 # pandas, numpy, click, filelock, msgpack, packaging, protobuf, pyyaml, requests, fsspec,
 # attrs, tqdm, markupsafe, typing-extensions are there): Ray with its `tune` extra (whose
-# ray.train needs pydantic), Optuna, and their needs, at the versions this project is tested with (constraints/cpu.txt's venv).
+# ray.train needs pydantic), Optuna, and their needs, at the versions this project is tested
+# with (constraints/cpu.txt's venv).
 WHEELS = ("ray==2.60.0", "optuna==5.1.0", "alembic==1.20.1", "sqlalchemy==2.1.9",
           "mako==1.4.3", "colorlog==6.12.0", "tensorboardx==2.6.5", "jsonschema==4.26.0",
           "jsonschema-specifications==2025.9.1", "referencing==0.37.0", "rpds-py==2026.9.1",
@@ -114,7 +115,8 @@ def download(args: argparse.Namespace) -> int:
         folders = split(files, out, int(args.part_mib * MIB))
     for folder in folders:
         size = sum(f.stat().st_size for f in folder.iterdir())
-        log(f"{folder}: {size / MIB:.1f} MiB, " + ", ".join(sorted(f.name for f in folder.iterdir())))
+        names = ", ".join(sorted(f.name for f in folder.iterdir()))
+        log(f"{folder}: {size / MIB:.1f} MiB, {names}")
     print(json.dumps({"folders": [str(f) for f in folders]}))
     return 0
 
