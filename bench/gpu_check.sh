@@ -47,7 +47,8 @@ while [ $# -gt 0 ]; do
         --dry-run) DRY=1 ;;
         --out) OUT=${2:?--out needs a folder}; shift ;;
         --wheels) WHEELS=${2:?--wheels needs a folder}; shift ;;
-        -h|--help) sed -n '2,41p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' \
+                       "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "gpu_check.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
     shift
