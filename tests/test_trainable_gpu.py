@@ -110,7 +110,7 @@ def fake_trial(monkeypatch, fake_cuda):
 def test_a_trial_caps_its_gpu_memory_and_cleans_up_when_training_raises(fake_trial):
     FakeTraining.error = RuntimeError("boom")
     with pytest.raises(RuntimeError, match="boom"):
-        trainable({}, base=InfoPromptConfig(task="demo"), splits=None)
+        trainable({}, base=InfoPromptConfig(task="demo"), draws={0: None})
     assert fake_trial == [("fraction", 0.25 - 1 / 80, 0), ("empty_cache",)]
 
 
@@ -130,6 +130,6 @@ def test_a_trial_stopped_by_the_scheduler_frees_its_runs_before_emptying_the_cac
 
     monkeypatch.setattr(ray.tune, "report", stop)
     with pytest.raises(SystemExit):
-        trainable({}, base=InfoPromptConfig(task="demo"), splits=None)
+        trainable({}, base=InfoPromptConfig(task="demo"), draws={0: None})
     assert fake_trial == [("fraction", 0.25 - 1 / 80, 0)]
     assert alive_at_cleanup == [[False]]  # the run was gone when the cache was emptied
