@@ -142,3 +142,39 @@ def test_a_custom_jsonl_task_trains_through_the_cli(tmp_path: Path, capsys) -> N
     out = capsys.readouterr().out
     assert "valid macro_f1" in out and "test macro_f1" in out
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["task"] == "custom"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_custom_csv_task_runs_through_the_search(tmp_path: Path) -> None:
+    """`tune/search.py --task custom`: trials, the final evaluation on the user's test file,
+    results.md with the manifest's metric, and TensorBoard under that metric's name."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = _relations(40)
+    header = "sentence,relation,a,b,c,d\n"
+    for name, part in (("train.csv", rows[:30]), ("test.csv", rows[30:])):
+        (data / name).write_text(header + "".join(
+            f'"{r["text"]}",{r["label"]},{r["s1"]},{r["e1"]},{r["s2"]},{r["e2"]}\n'
+            for r in part))
+    (data / "task.json").write_text(json.dumps({
+        "train": "train.csv", "test": "test.csv", "text": "sentence", "label": "relation",
+        "entities": ["a", "b", "c", "d"], "metric": "mcc"}))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(
+        [sys.executable, "tune/search.py", "--task", "custom", "--data-dir", str(data),
+         "--shots", "8", "--num-samples", "2", "--epochs", "2", "--grace-period", "1",
+         "--final-seeds", "2", "--storage-path", str(tmp_path / "runs"), "--name", "mine",
+         "--cache-dir", str(tmp_path / "cache")],
+        cwd=root, env=env, capture_output=True, text=True, timeout=880, check=False)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    results = (tmp_path / "runs" / "mine" / "results.md").read_text()
+    assert results.startswith("# Search: custom, infoprompt")
+    assert "## Test mcc (the task's test split), re-trained from scratch" in results
+    assert "`mcc`: Matthews correlation." in results
+    assert list((tmp_path / "runs" / "mine").glob("*/events.out.tfevents.*"))
