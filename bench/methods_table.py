@@ -282,7 +282,7 @@ def markdown(store: Store, table: dict[str, Any], labels: list[str],
                     f"{found['stopped_early']} stopped by ASHA, {found['trial_epochs']} "
                     f"trial-epochs, {found['seconds'] / 60:.1f} min)")
     return "\n".join([
-        "## Few-shot methods table (`bench/methods_table.py`)", "",
+        f"## Few-shot methods table (`{args.section}`)", "",
         f"Test metric ({_test_metrics(tasks)}), mean ± std over "
         f"{args.seeds} seeds, {args.shots}-shot, encoder {args.model} (ours) vs RoBERTa-large "
         "(paper, Tables 3 and 4, 64-shot columns; the paper has no IDPG, linear-probe, cosine "

@@ -17,8 +17,8 @@ import pyarrow.parquet as pq
 
 from infoprompt.custom import load_custom
 from infoprompt.demo import load_demo
-from infoprompt.semeval import load_semeval
 from infoprompt.hub import hub_fingerprint, load_hub_splits
+from infoprompt.semeval import load_semeval
 from infoprompt.tasks import DataError, RawData, Task, get_task
 
 __all__ = ["load_raw", "load_task"]
