@@ -96,7 +96,7 @@ def test_steps_to_fraction_is_the_first_epoch_at_the_fraction_of_the_final():
 
 def _run_file(folder, method, seed, valid, estimator="in_batch"):
     folder.mkdir(parents=True)
-    history = [{"epoch": e, "valid_metric": v, "loss_pred": 1.0 / e}
+    history = [{"epoch": e, "valid_metric": v, "loss_pred": 1.0 / e, "cmi_prompt": v / 2}
                for e, v in enumerate(valid, 1)]
     (folder / "metrics.json").write_text(json.dumps({
         "task": "sst2", "method": method, "seed": seed, "history": history,
@@ -118,6 +118,7 @@ def test_curves_band_the_seeds_and_count_steps(tmp_path):
     assert info["valid_metric"]["std"][0] == pytest.approx(math.sqrt(0.02))
     assert info["epochs_to_fraction"] == [3, 2] and info["steps_to_fraction"] == [24, 16]
     assert methods["warp"]["epochs_to_fraction"] == [3]
+    assert info["cmi_prompt"]["mean"] == pytest.approx([0.3, 0.425, 0.475])
 
 
 def test_curves_refuse_a_folder_without_a_run(tmp_path, capsys):

@@ -1,7 +1,8 @@
 """Figure 3: learning curves of finished runs, read from their own histories (the
 metrics.json of `python -m infoprompt`): the training task loss L_pred and the valid metric
 per epoch, mean and ±1 std band over seeds, one curve per method, and the steps each method
-takes to first reach a fraction of its final valid metric.
+takes to first reach a fraction of its final valid metric. Where the histories log the
+conditional diagnostic `cmi_prompt`, its band is in the JSON too.
 """
 
 from __future__ import annotations
@@ -97,6 +98,9 @@ def summarise(runs: dict[str, list[dict[str, Any]]], fraction: float) -> dict[st
             "mean_steps_to_fraction": (statistics.fmean(reached) * spe
                                        if reached and spe else None),
         }
+        if all("cmi_prompt" in r for s in group for r in s["history"]):  # the diagnostic, too
+            out[name]["cmi_prompt"] = _band([[r["cmi_prompt"] for r in s["history"]]
+                                             for s in group])
     return out
 
 
@@ -141,6 +145,8 @@ def main(cfg: InfoPromptConfig, args: argparse.Namespace) -> dict[str, Any]:
         steps = curves["mean_steps_to_fraction"]
         print(f"{name:>28}: final valid {statistics.fmean(curves['final_valid_metric']):.4f}, "
               f"{args.fraction:g} of it after "
-              f"{'n/a' if steps is None else f'{steps:.0f}'} steps (seeds {curves['seeds']})")
+              f"{'n/a' if steps is None else f'{steps:.0f}'} steps (seeds {curves['seeds']})"
+              + (f", last-epoch cmi_prompt {curves['cmi_prompt']['mean'][-1]:.3f}"
+                 if "cmi_prompt" in curves else ""))
     print(f"-> {args.out / 'curves.png'}, {args.out / 'curves.json'}")
     return result

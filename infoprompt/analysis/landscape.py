@@ -160,14 +160,16 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     plt = pyplot()
     figure, axes = plt.subplots(1, 2, figsize=(10, 4.2))
     colours = ["tab:green", "tab:purple", "tab:orange", "tab:blue"]
+    styles = ["-", "--", ":", "-."]  # paths that coincide stay visible
     for axis, key, title in zip(axes, ("task_loss", "rep_loss"),
                                 ("task loss L_pred", "representation loss NCE_rep")):
         values = np.array(result[key]).T  # contourf wants [y, x]
         filled = axis.contourf(result["pc1"], result["pc2"], values, levels=20, cmap="viridis")
         figure.colorbar(filled, ax=axis)
-        for colour, (gamma, run) in zip(colours, result["trajectories"].items()):
+        for colour, style, (gamma, run) in zip(colours, styles,
+                                               result["trajectories"].items()):
             points = np.array(run["points"])
-            axis.plot(points[:, 0], points[:, 1], color=colour, linewidth=1.5,
+            axis.plot(points[:, 0], points[:, 1], color=colour, linewidth=2, linestyle=style,
                       label=f"γ = {float(gamma):g}")
             axis.plot(*points[0], marker="*", markersize=14, color=colour,
                       markeredgecolor="white")
