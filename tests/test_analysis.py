@@ -127,3 +127,16 @@ def test_curves_refuse_a_folder_without_a_run(tmp_path, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "is not a run's metrics.json" in err and "\n" not in err
+
+
+def test_cmi_cost_bench_runs_on_the_demo_task(tmp_path):
+    """bench/cmi_cost.py --smoke: the ratio it reports is a positive number (no timing bound)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "cmi_cost.py"
+    done = subprocess.run([sys.executable, str(script), "--smoke", "--cache-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, check=True)
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["task"] == "demo" and figures["median_ratio"] > 0
