@@ -124,11 +124,12 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     for i, values in enumerate(data, 1):
         axis.scatter([i] * len(values), values, s=4, alpha=0.4, color="black")
     axis.axhline(result["log_k"], color="grey", linestyle=":", linewidth=1)
-    axis.text(len(KINDS) + 0.45, result["log_k"], "log K", ha="right", va="bottom", fontsize=8,
+    axis.text((len(KINDS) + 1) / 2, result["log_k"], "log K", ha="center", va="bottom", fontsize=8,
               color="grey")
     axis.set_xticks(range(1, len(KINDS) + 1),
                     [f"{k}\nmean {result['summary'][k]['mean']:.2f}" for k in KINDS])
     axis.set_ylabel("conditional MI bound (nats)")
+    axis.set_ylim(top=1.1 * result["log_k"])
     axis.set_title(f"{result['task']}, seed {result['seed']}, {result['model']}: "
                    f"I(prompt; Z | X), K = {result['candidates']}", fontsize=10)
     save_figure(figure, path)
