@@ -127,9 +127,11 @@ def run_search(args: argparse.Namespace, concurrency: int, storage: str, *,
     """One search as a child process; `extra`: more flags (bench/gpu_check.py: GPUs)."""
     name = f"bench-scale-c{concurrency}-{time.strftime('%Y%m%d-%H%M%S')}"
     command = [sys.executable, str(ROOT / "tune" / "search.py"), "--task", args.task,
-               "--shots", str(args.shots), "--model", "minilm", "--cache-dir", args.cache_dir,
+               "--shots", str(args.shots), "--model", getattr(args, "model", "minilm"),
+               "--cache-dir", args.cache_dir,
                "--num-samples", str(args.num_samples), "--epochs", str(args.epochs),
-               "--grace-period", str(args.epochs), "--final-seeds", "0", "--seed", "0",
+               "--grace-period", str(args.epochs), "--final-seeds", "0", "--rerank-top", "0",
+               "--seed", "0",
                "--max-concurrent", str(concurrency), "--cpus-per-trial", f"{cpus_per_trial:g}",
                "--storage-path", storage, "--name", name, *extra]
     if args.task != "demo" and args.data_dir:

@@ -7,75 +7,39 @@ restarted trial (node loss, `--resume`) continues from `ray.tune.get_checkpoint(
 
 from __future__ import annotations
 
-import dataclasses
-import gc
 import os
 import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
 import ray
 import ray.tune
 import torch
 
 from infoprompt.config import InfoPromptConfig
 from infoprompt.errors import InfoPromptError
+from infoprompt.gpu_memory import cap_gpu_memory, gpu_memory_fraction, release_memory
 from infoprompt.store import Splits
 from infoprompt.train import Training, fit, resolve_device
 from tune.objective import Objective, objective_value
 
 __all__ = ["cap_gpu_memory", "final_fit", "gpu_memory_fraction", "load_states",
-           "release_memory", "rotations", "trainable"]
+           "release_memory", "trainable"]
 
 STATE_FILE = "state.pt"
 PER_RUN_ONLY = {"best_valid_metric", "best_epoch"}
 
 
 def _mean(records: tuple[dict[str, Any], ...]) -> dict[str, Any]:
-    """One epoch's record averaged over the folds (per-fold bests are not the best of the
+    """One epoch's record averaged over the split draws (per-draw bests are not the best of the
     mean: those stay out)."""
     return {name: sum(r[name] for r in records) / len(records)
             for name in records[0] if name not in PER_RUN_ONLY}
 
 
-def gpu_memory_fraction(share: float, device: torch.device) -> float | None:
-    """The cap on this process's CUDA memory for a trial holding `share` of a GPU: the share
-    itself when it is a fraction and the trial runs on CUDA, else None (no cap: a whole GPU,
-    or CPU)."""
-    if device.type != "cuda" or not 0 < share < 1:
-        return None
-    return float(share)
-
-
-def cap_gpu_memory(share: float, device: torch.device) -> float | None:
-    """Under fractional GPUs (`--gpus-per-trial 0.25`) Ray only counts; nothing stops one
-    trial from taking the whole GPU's memory and failing the others with out-of-memory.
-    Caps torch's caching allocator at the trial's share (the process's CUDA context is
-    outside it) and returns the fraction set, or None."""
-    fraction = gpu_memory_fraction(share, device)
-    if fraction is not None:  # torch wants an index: "cuda" alone is the current device
-        index = torch.cuda.current_device() if device.index is None else device.index
-        torch.cuda.set_per_process_memory_fraction(fraction, index)
-    return fraction
-
-
-def release_memory(device: torch.device, held: list) -> None:
-    """End of a trial: Tune reuses the worker process for the next trial (reuse_actors), so
-    drop this one's models and optimizer states and, on CUDA, hand the cache back (other
-    trials on the same GPU can use it). On CPU dropping the references frees them; a full
-    gc.collect() there only delays the end of the trial, and Tune gives a stopped trial's
-    thread a few seconds to end before it refuses to reuse the worker."""
-    held.clear()
-    if device.type == "cuda":
-        gc.collect()
-        torch.cuda.empty_cache()
-
-
-def trainable(params: dict[str, Any], *, base: InfoPromptConfig, splits: Splits,
-              cv_folds: int = 1, objective: Objective = Objective.BEST) -> None:
+def trainable(params: dict[str, Any], *, base: InfoPromptConfig, draws: dict[int, Splits],
+              objective: Objective = Objective.BEST) -> None:
     cfg = base.replace(**params)
     resources = ray.tune.get_context().get_trial_resources().required_resources
     # One Ray CPU is one thread: more would oversubscribe the node's cores.
@@ -84,20 +48,21 @@ def trainable(params: dict[str, Any], *, base: InfoPromptConfig, splits: Splits,
     cap_gpu_memory(resources.get("GPU", 0), device)
     runs: list[Training] = []
     try:
-        _train(cfg, splits, cv_folds, objective, runs)
+        _train(cfg, draws, objective, runs)
     finally:  # also when ASHA stops the trial (report raises SystemExit) or it diverges
         release_memory(device, runs)
 
 
-def _train(cfg: InfoPromptConfig, splits: Splits, cv_folds: int, objective: Objective,
+def _train(cfg: InfoPromptConfig, draws: dict[int, Splits], objective: Objective,
            runs: list[Training]) -> None:
-    """The trial's work; `runs` is the caller's, so that it can drop them however this ends."""
-    folds = rotations(splits, cv_folds, seed=cfg.seed) if cv_folds > 1 else [splits]
+    """The trial's work: one run per split draw, seeded by the draw's seed (the same draws
+    and seeds for every trial, so trials are compared on paired data). `runs` is the
+    caller's, so that it can drop them however this ends."""
     states = _restored_states()
-    runs.extend(Training(cfg, fold, resume=states[i] if states else None)
-                for i, fold in enumerate(folds))
+    runs.extend(Training(cfg.replace(seed=seed), splits, resume=states[i] if states else None)
+                for i, (seed, splits) in enumerate(sorted(draws.items())))
     del states  # loaded into the runs
-    # Folds train in lockstep so that every report is the mean over all folds at one epoch.
+    # Draws train in lockstep so that every report is the mean over all draws at one epoch.
     # A NaN/inf loss raises infoprompt.train.Diverged out of here, on purpose: Ray marks the
     # trial ERROR and tells Optuna error=True with no value (FAIL; a reported NaN or a result
     # without valid_metric would instead reach Optuna/ASHA or trip Tune's metric check).
@@ -117,27 +82,6 @@ def _train(cfg: InfoPromptConfig, splits: Splits, cv_folds: int, objective: Obje
             # Trials are never scored on test, so the best epoch's copy stays out.
             torch.save([run.state(with_best=False) for run in runs], Path(folder) / STATE_FILE)
             ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(folder))
-
-
-def rotations(splits: Splits, folds: int, *, seed: int) -> list[Splits]:
-    """Cross-validation over the train+valid pool: fold i validates on a class-stratified
-    1/folds of it and trains on the rest. The test split is never part of the pool."""
-    pool = pa.concat_tables([splits.train.replace_schema_metadata(None),
-                             splits.valid.replace_schema_metadata(None)])
-    labels = pool.column("label").to_numpy()
-    smallest = int(np.bincount(labels).min())
-    if not 2 <= folds <= smallest:
-        raise InfoPromptError(f"--cv-folds {folds}: needs 2 <= folds <= {smallest} (the "
-                              "smallest class in train+valid); use fewer folds or more shots")
-    rng = np.random.default_rng(seed)
-    fold_of = np.empty(len(labels), dtype=np.int64)
-    for label in np.unique(labels):
-        rows = rng.permutation(np.flatnonzero(labels == label))
-        fold_of[rows] = np.arange(len(rows)) % folds
-    return [dataclasses.replace(splits, train=pool.take(np.flatnonzero(fold_of != fold)),
-                                valid=pool.take(np.flatnonzero(fold_of == fold)), test=None,
-                                key=f"{splits.key}-fold{fold}of{folds}")
-            for fold in range(folds)]
 
 
 def _restored_states() -> list[dict] | None:

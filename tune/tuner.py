@@ -1,4 +1,5 @@
-"""build_tuner: OptunaSearch (TPE, paper defaults first) + ASHA + resources, in one place."""
+"""build_tuner: OptunaSearch (TPE by default, paper defaults first) + ASHA (or FIFO) +
+resources, in one place."""
 
 from __future__ import annotations
 
@@ -8,33 +9,50 @@ from typing import Any
 import optuna
 import ray.tune
 from ray.tune import Callback
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from infoprompt.store import Splits
-from tune.settings import SearchSettings
+from tune.settings import Sampler, Scheduler, SearchSettings
 from tune.space import default_point, param_space
 from tune.tensorboard import TaskTensorBoard
 from tune.trainable import trainable
 
-__all__ = ["METRIC", "MODE", "AshaRungs", "StudySearch", "build_tuner", "restore_tuner",
-           "sampler_options", "tpe_sampler"]
+__all__ = ["METRIC", "MODE", "AshaRungs", "StudySearch", "build_tuner", "make_sampler",
+           "make_scheduler", "restore_tuner", "sampler_options"]
 
 METRIC, MODE = "objective", "max"  # tune/objective.py: one number, end to end
 
 
+SAMPLERS = {Sampler.TPE: optuna.samplers.TPESampler, Sampler.GP: optuna.samplers.GPSampler,
+            Sampler.RANDOM: optuna.samplers.RandomSampler}
+
+
 def sampler_options(settings: SearchSettings, max_concurrent: int) -> dict[str, Any]:
-    """TPE that acts within a small budget: a short random start scaled to the budget,
-    multivariate (β, γ and K interact), and a constant liar so that concurrent trials do not
-    all land on the same promising point."""
-    return {"seed": settings.config.seed, "n_startup_trials": settings.startup_trials,
-            "multivariate": True, "constant_liar": max_concurrent > 1}
+    """Seeded samplers that act within a small budget. TPE: a short random start scaled to
+    the budget, multivariate (β, γ and K interact), and a constant liar so that concurrent
+    trials do not all land on the same promising point. GP: the same random start."""
+    options: dict[str, Any] = {"seed": settings.config.seed}
+    if settings.sampler is Sampler.TPE:
+        options.update(n_startup_trials=settings.startup_trials, multivariate=True,
+                       constant_liar=max_concurrent > 1)
+    elif settings.sampler is Sampler.GP:
+        options.update(n_startup_trials=settings.startup_trials)
+    return options
 
 
-def tpe_sampler(settings: SearchSettings, max_concurrent: int) -> optuna.samplers.TPESampler:
-    with warnings.catch_warnings():  # multivariate and constant_liar are "experimental"
+def make_sampler(settings: SearchSettings, max_concurrent: int) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():  # multivariate, constant_liar, GP are "experimental"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(**sampler_options(settings, max_concurrent))
+        return SAMPLERS[settings.sampler](**sampler_options(settings, max_concurrent))
+
+
+def make_scheduler(settings: SearchSettings) -> ASHAScheduler | FIFOScheduler:
+    if settings.scheduler is Scheduler.FIFO:
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="epoch", max_t=settings.config.epochs,
+                         grace_period=settings.grace_period,
+                         reduction_factor=settings.reduction_factor)
 
 
 class AshaRungs(Callback):
@@ -82,36 +100,34 @@ class StudySearch(OptunaSearch):
                 self._ot_study.tell(number, state=optuna.trial.TrialState.FAIL)
 
 
-def _trainable(settings: SearchSettings, splits: Splits) -> Any:
+def _trainable(settings: SearchSettings, draws: dict[int, Splits]) -> Any:
     # with_parameters puts the tables in the object store once; every trial maps them.
     with_data = ray.tune.with_parameters(trainable, base=settings.config,
-                                         splits=splits.without_test(),
-                                         cv_folds=settings.cv_folds,
+                                         draws={seed: splits.without_test()
+                                                for seed, splits in draws.items()},
                                          objective=settings.objective)
     return ray.tune.with_resources(with_data, {"cpu": settings.cpus_per_trial,
                                                "gpu": settings.gpus_per_trial})
 
 
-def build_tuner(settings: SearchSettings, splits: Splits, *, storage_path: str, name: str,
-                max_concurrent: int, study_url: str | None = None, searcher: Any = None,
-                scheduler: Any = None) -> ray.tune.Tuner:
-    """The search of docs/design.md; `searcher` and `scheduler` replace TPE and ASHA
-    (benchmarks). `study_url`: the database of the Optuna study (tune/study.py), whose
-    name is the experiment's."""
+def build_tuner(settings: SearchSettings, draws: dict[int, Splits], *, storage_path: str,
+                name: str, max_concurrent: int,
+                study_url: str | None = None) -> ray.tune.Tuner:
+    """The search of docs/design.md over the split `draws` (seed -> splits, the same for
+    every trial). `study_url`: the database of the Optuna study (tune/study.py), whose name
+    is the experiment's."""
     cfg = settings.config
     first = default_point(cfg, settings.space)
-    searcher = searcher or (StudySearch if study_url else OptunaSearch)(
-        sampler=tpe_sampler(settings, max_concurrent),
+    searcher = (StudySearch if study_url else OptunaSearch)(
+        sampler=make_sampler(settings, max_concurrent),
         points_to_evaluate=[first] if first else None, study_name=name,
         storage=optuna.storages.RDBStorage(study_url) if study_url else None)
-    scheduler = scheduler or ASHAScheduler(time_attr="epoch", max_t=cfg.epochs,
-                                           grace_period=settings.grace_period,
-                                           reduction_factor=settings.reduction_factor)
+    scheduler = make_scheduler(settings)
     callbacks = [TaskTensorBoard()]
     if isinstance(scheduler, ASHAScheduler):
         callbacks.append(AshaRungs(scheduler))
     return ray.tune.Tuner(
-        _trainable(settings, splits),
+        _trainable(settings, draws),
         param_space=param_space(cfg, settings.space),
         tune_config=ray.tune.TuneConfig(
             metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
@@ -131,7 +147,8 @@ def build_tuner(settings: SearchSettings, splits: Splits, *, storage_path: str, 
             verbose=1))
 
 
-def restore_tuner(path: str, settings: SearchSettings, splits: Splits) -> ray.tune.Tuner:
+def restore_tuner(path: str, settings: SearchSettings,
+                  draws: dict[int, Splits]) -> ray.tune.Tuner:
     """Continue an interrupted search: finished trials are kept, unfinished ones resume."""
-    return ray.tune.Tuner.restore(path, _trainable(settings, splits), resume_unfinished=True,
+    return ray.tune.Tuner.restore(path, _trainable(settings, draws), resume_unfinished=True,
                                   resume_errored=False)
