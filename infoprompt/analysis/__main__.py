@@ -18,7 +18,7 @@ COMMANDS = {
 
 def _parser() -> ArgumentParser:
     parser = ArgumentParser(prog="python -m infoprompt.analysis",
-                            description=__doc__.split(": ", 1)[1])
+                            description="The paper's three analyses (Figures 1-3), one command each.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=ArgumentParser)
     for name, help in COMMANDS.items():
         sub = commands.add_parser(name, help=help, description=help)
