@@ -22,7 +22,7 @@ GROUPS = {
     **{name: "loss" for name in ("loss", "loss_pred", "nce_rep", "nce_head", "kl")},
     **{name: "mi" for name in ("mi_rep", "mi_head")},
     **{name: "diagnostics" for name in ("nce_rep_shuffled", "nce_head_shuffled", "grad_pred",
-                                        "grad_rep", "grad_head", "prompt_norm")},
+                                        "grad_rep", "grad_head", "prompt_norm", "cmi_prompt")},
     **{name: "optim" for name in ("lr", "epoch_seconds")},
 }
 OBJECTIVE_TAG = "objective/objective"
