@@ -29,7 +29,7 @@ from infoprompt.losses import (
     sample_token_negatives,
     vib_kl,
 )
-from infoprompt.metrics import classification_metrics
+from infoprompt.metrics import task_metrics
 from infoprompt.model import InfoPromptModel, gaussian
 from infoprompt.precision import use_bf16
 from infoprompt.store import Splits
@@ -255,8 +255,8 @@ class Training:
                                           batch["mask_pos"], batch["p_free"])
             predictions.append(logits.argmax(-1).cpu())
             logliks.append(-F.cross_entropy(logits.float(), batch["labels"], reduction="none"))
-        metrics = classification_metrics(split.labels.tolist(), torch.cat(predictions).tolist(),
-                                         self.splits.task.num_labels)
+        metrics = task_metrics(self.splits.task, split.labels.tolist(),
+                               torch.cat(predictions).tolist())
         metrics["loglik"] = float(torch.cat(logliks).mean())
         return metrics
 

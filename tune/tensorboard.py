@@ -17,7 +17,8 @@ __all__ = ["GROUPS", "OBJECTIVE_TAG", "TaskTensorBoard"]
 GROUPS = {
     "objective": "objective",
     **{name: "metric" for name in ("valid_metric", "valid_loglik", "valid_accuracy",
-                                   "valid_mcc", "valid_f1")},
+                                   "valid_mcc", "valid_f1", "valid_macro_f1",
+                                   "valid_semeval_f1")},
     **{name: "loss" for name in ("loss", "loss_pred", "nce_rep", "nce_head", "kl")},
     **{name: "mi" for name in ("mi_rep", "mi_head")},
     **{name: "diagnostics" for name in ("nce_rep_shuffled", "nce_head_shuffled", "grad_pred",
