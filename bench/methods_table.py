@@ -51,18 +51,21 @@ FIXED_ROWS: dict[str, tuple[str, dict[str, Any]]] = {
     "γ = 0, β = 0 (pred_only)": ("pred_only", {}),
 }
 PROBE = "Linear probe on P' (LogisticRegression)"
+GLUE_TASKS = ["cola", "sst2"]
 
-# The paper's Table 3, 64-shot columns (RoBERTa-large), copied from the paper's text.
+# The paper's Table 3 (CoLA, SST-2) and Table 4 (SemEval) 64-shot columns (RoBERTa-large),
+# copied from the paper's text.
 PAPER = {
-    "Finetuning": {"cola": 0.1746, "sst2": 0.8027},
-    "Adapter": {"cola": 0.0627, "sst2": 0.4908},
-    "WARP": {"cola": 0.0749, "sst2": 0.5872},
-    "InfoPrompt (bilinear critic, paper defaults)": {"cola": 0.1567, "sst2": 0.6697},
-    "γ = 0 (gamma0)": {"cola": 0.1479, "sst2": 0.664},
-    "β = 0 (beta0)": {"cola": 0.1372, "sst2": 0.5631},
-    "γ = 0, β = 0 (pred_only)": {"cola": 0.0919, "sst2": 0.5505},
+    "Finetuning": {"cola": 0.1746, "sst2": 0.8027, "semeval": 0.2223},
+    "Adapter": {"cola": 0.0627, "sst2": 0.4908, "semeval": 0.1211},
+    "WARP": {"cola": 0.0749, "sst2": 0.5872, "semeval": 0.1708},
+    "InfoPrompt (bilinear critic, paper defaults)": {"cola": 0.1567, "sst2": 0.6697,
+                                                     "semeval": 0.2113},
+    "γ = 0 (gamma0)": {"cola": 0.1479, "sst2": 0.664, "semeval": 0.2153},
+    "β = 0 (beta0)": {"cola": 0.1372, "sst2": 0.5631, "semeval": 0.2072},
+    "γ = 0, β = 0 (pred_only)": {"cola": 0.0919, "sst2": 0.5505, "semeval": 0.2278},
 }
-TASK_TITLE = {"cola": "CoLA", "sst2": "SST2", "demo": "demo"}
+TASK_TITLE = {"cola": "CoLA", "sst2": "SST2", "demo": "demo", "semeval": "SemEval"}
 # Rough relative cost of one fit, to start the long ones first (two workers finish together).
 COST = {"finetune": 3.0, "adapter": 1.1}
 
@@ -70,7 +73,9 @@ COST = {"finetune": 3.0, "adapter": 1.1}
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=["cola", "sst2"])
+    parser.add_argument("--tasks", nargs="+", default=GLUE_TASKS,
+                        help="cola, sst2, semeval, demo (default: cola sst2); another task list "
+                             "gets its own BENCHMARKS.md section and results file")
     parser.add_argument("--shots", type=int, default=64)
     parser.add_argument("--seeds", type=int, default=5, help="seeds 0..N-1 (default: 5)")
     parser.add_argument("--epochs", type=int, default=30)
@@ -93,13 +98,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--storage-path", default=None,
                         help="where the searches keep their Ray results "
                              "(default: a temporary folder)")
-    parser.add_argument("--results", type=Path, default=RESULTS / "methods_table.json",
-                        help="per-run results, saved as they finish and reused on a re-run")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="per-run results, saved as they finish and reused on a re-run "
+                             "(default: bench/results/methods_table.json, for other --tasks "
+                             "methods_table_<tasks>.json)")
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     if args.search_seed < args.seeds:
         parser.error(f"--search-seed {args.search_seed} overlaps the rows' seeds "
                      f"0..{args.seeds - 1}")
+    suffix = "" if args.tasks == GLUE_TASKS else "_" + "_".join(args.tasks)
+    args.section = SECTION + (f" --tasks {' '.join(args.tasks)}" if suffix else "")
+    args.results = args.results or RESULTS / f"methods_table{suffix}.json"
     if args.smoke:
         args.tasks, args.shots, args.seeds, args.epochs = ["demo"], 16, 1, 1
         args.search_samples, args.rerank_top, args.rerank_draws = 2, 1, 2
@@ -121,12 +131,12 @@ def probe_job(cfg) -> dict[str, Any]:
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
-    from infoprompt.metrics import classification_metrics
+    from infoprompt.metrics import task_metrics
     from infoprompt.store import load_splits
 
     started = time.perf_counter()
     splits = load_splits(cfg, log=lambda message: None)
-    metric, n_labels = splits.task.metric, splits.task.num_labels
+    task, metric = splits.task, splits.task.metric
 
     def xy(table):
         column = table.column("p_free").combine_chunks()
@@ -138,12 +148,10 @@ def probe_job(cfg) -> dict[str, Any]:
     scores = {}
     for c in (0.01, 0.1, 1.0, 10.0, 100.0):
         model = LogisticRegression(C=c, max_iter=5000).fit(x_train, y_train)
-        scores[c] = classification_metrics(y_valid.tolist(), model.predict(x_valid).tolist(),
-                                           n_labels)[metric]
+        scores[c] = task_metrics(task, y_valid.tolist(), model.predict(x_valid).tolist())[metric]
     best_c = max(scores, key=lambda c: (scores[c], -c))  # ties: the stronger regularisation
     model = LogisticRegression(C=best_c, max_iter=5000).fit(x_train, y_train)
-    test = classification_metrics(y_test.tolist(), model.predict(x_test).tolist(),
-                                  n_labels)[metric]
+    test = task_metrics(task, y_test.tolist(), model.predict(x_test).tolist())[metric]
     return {"test_metric": test, "best_valid_metric": scores[best_c], "C": best_c,
             "valid_by_C": {str(c): v for c, v in scores.items()},
             "seconds": time.perf_counter() - started}
@@ -257,10 +265,10 @@ def paired_cell(paired: dict[str, Any] | None) -> str:
 def markdown(store: Store, table: dict[str, Any], labels: list[str],
              args: argparse.Namespace, wall: float) -> str:
     tasks = args.tasks
-    metric = {"cola": "MCC", "sst2": "acc.", "demo": "acc."}
+    metric = {"cola": "MCC", "sst2": "acc.", "demo": "acc.", "semeval": "F1"}
     head = ["method"] + [f"{TASK_TITLE.get(t, t)} ({args.shots}) {metric.get(t, '')}, ours"
                          for t in tasks]
-    head += [f"{TASK_TITLE.get(t, t)} (64), paper" for t in tasks if t in ("cola", "sst2")]
+    head += [f"{TASK_TITLE.get(t, t)} (64), paper" for t in tasks if t in PAPER["WARP"]]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     for label in labels:
         cells = [label]
@@ -272,7 +280,7 @@ def markdown(store: Store, table: dict[str, Any], labels: list[str],
                 partial = "" if stats["n"] == args.seeds else f" (n={stats['n']})"
                 cells.append(f"{stats['mean']:.4f} ± {stats['std']:.4f}{partial}")
         for task in tasks:
-            if task in ("cola", "sst2"):
+            if task in PAPER["WARP"]:
                 value = PAPER.get(label, {}).get(task)
                 cells.append("–" if value is None else f"{value:.4f}")
         lines.append("| " + " | ".join(cells) + " |")
@@ -300,22 +308,23 @@ def markdown(store: Store, table: dict[str, Any], labels: list[str],
                     f"{found['trial_epochs']} trial-epochs, {found['seconds'] / 60:.1f} min). "
                     f"Re-rank: {found['decision'] or 'none (--rerank-top 0)'}.")
     return "\n".join([
-        "## Few-shot methods table (`bench/methods_table.py`)", "",
-        f"Test metric (GLUE dev; CoLA: Matthews corr., SST-2: accuracy), mean ± std over "
+        f"## Few-shot methods table (`{args.section}`)", "",
+        f"Test metric ({_test_metrics(tasks)}), mean ± std over "
         f"{args.seeds} seeds, {args.shots}-shot, encoder {args.model} (ours) vs RoBERTa-large "
-        "(paper, Table 3, 64-shot columns; the paper has no IDPG, linear-probe, cosine or "
-        "searched rows).", "",
+        "(paper, Tables 3 and 4, 64-shot columns; the paper has no IDPG, linear-probe, cosine "
+        "or searched rows).", "",
         *lines, "",
         f"Paired differences (row − reference, seed by seed on the same splits; mean and "
         f"Student-t 95% CI over the {args.seeds} seeds; **bold** where the interval excludes 0, "
         "the only case in which one is called better or worse):", "",
         *paired_lines, "",
         f"Protocol: seed s draws its own class-balanced {args.shots}-shot train and a disjoint "
-        f"{args.shots}-shot valid split from GLUE train; each run trains {args.epochs} epochs "
+        f"{args.shots}-shot valid split from the task's train split (the rule in "
+        f"infoprompt/few_shot.py); each run trains {args.epochs} epochs "
         "(batch 8, paper defaults: lr 1e-3, β 0.1, γ 0.05, K 32, r 64, n_p 4; finetune: "
         "encoder lr 2e-5; the rows marked paper use the paper's InfoNCE negatives, the others "
         "our default in-batch negatives), keeps its best-valid epoch and is scored once on "
-        "GLUE dev. Linear "
+        "the test split (GLUE: dev). Linear "
         "probe: sklearn LogisticRegression on the stored prompt-free mean-pooled features P', "
         "C ∈ {0.01, 0.1, 1, 10, 100} chosen on valid, trained on train. Searched rows: "
         f"`tune/search.py --method infoprompt` and, as its control, `--method pred_only` "
@@ -332,6 +341,14 @@ def markdown(store: Store, table: dict[str, Any], labels: list[str],
         provenance(wall) + f" Fits ran in {args.workers} worker processes, 1 torch thread "
         f"each. Per-run results: `{_display(args.results)}`.",
     ])
+
+
+def _test_metrics(tasks: list[str]) -> str:
+    from infoprompt.tasks import METRIC_TITLES, get_task
+
+    return "; ".join(f"{TASK_TITLE.get(t, t)}: {METRIC_TITLES[get_task(t).metric]} on "
+                     + ("GLUE dev" if get_task(t).glue_name else "the test split")
+                     for t in tasks)
 
 
 def _display(path: Path) -> str:
@@ -401,7 +418,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     text = markdown(store, table, labels, args, wall)
     print("\n" + text + "\n", flush=True)
     if not args.no_write:
-        write_section(SECTION, text)
+        write_section(args.section, text)
     figures = {"tasks": args.tasks, "seeds": args.seeds, "epochs": args.epochs,
                "mean": {label: {t: s["mean"] for t, s in row.items()}
                         for label, row in table.items()},

@@ -124,15 +124,17 @@ _ENUMS = {"method": Method, "critic": Critic, "estimator": Estimator}  # stored 
 @dataclass(frozen=True)
 class InfoPromptConfig:
     # --- data (these fields also determine the Arrow store key) ---
-    task: str = _field("demo", "task: cola, sst2, rte, mrpc or demo (generated, offline)")
+    task: str = _field("demo", "task: cola, sst2, rte, mrpc, semeval, demo (generated, "
+                               "offline) or custom (your data: --data-dir with a task.json)")
     shots: int | None = _field(64, "examples in train and again in valid, class-balanced; "
                                    "'all' = the full train split with a held-out 10%% valid",
                                    parse=parse_shots)
     seed: int = _field(0, "draws the few-shot split and seeds training")
     model: str = _field("minilm", "encoder: Hugging Face name or local path; "
                                   "'minilm' = the embedded MiniLM-L6")
-    data_dir: str | None = _field(None, "local GLUE folder (TSV or Parquet); "
-                                        "default: datasets.load_dataset('nyu-mll/glue')")
+    data_dir: str | None = _field(None, "local data folder: GLUE (TSV or Parquet), the "
+                                        "SemEval-2010 Task 8 release, or custom data with its "
+                                        "task.json; default: the Hugging Face hub")
     max_length: int = _field(128, "tokens per input, template included")
     n_prompts: int = _field(4, "n_p: prompt slots in the template")
     cache_dir: str | None = _field(None, "Arrow store folder (default ~/.cache/infoprompt "
@@ -177,6 +179,9 @@ class InfoPromptConfig:
         # Checked here, not when the data loads: both CLIs refuse it before importing torch.
         if not isinstance(self.task, str) or self.task not in TASKS:
             raise ConfigError(f"unknown task {self.task!r}; choose one of: {', '.join(TASKS)}")
+        if self.task == "custom" and not self.data_dir:
+            raise ConfigError("--task custom reads your data from --data-dir DIR, a folder "
+                              "with a task.json (see README, 'Data')")
         if not _integral(self.seed) or self.seed < 0:
             raise ConfigError(f"seed must be an integer >= 0, got {self.seed!r}")
         for name, enum in _ENUMS.items():
@@ -232,11 +237,13 @@ class InfoPromptConfig:
 
     @property
     def nce_candidates(self) -> tuple[int, int]:
-        """K of NCE_rep and of NCE_head, the positive included (log K caps each bound). Under
-        in_batch, a full batch's: a smaller last batch scores fewer."""
+        """K of the bound log K − NCE of NCE_rep and of NCE_head. Under in_batch, a full
+        batch's (a smaller last batch scores fewer), without the hard negative: it is not a
+        draw from the marginal, so it only raises NCE and log B still holds (log(B+1) would
+        overstate the bound by 0.12 nats at B = 8)."""
         if self.estimator is Estimator.PAPER:
             return self.k_negatives, self.k_negatives
-        return self.batch_size + int(self.hard_negative), self.batch_size
+        return self.batch_size, self.batch_size
 
     @property
     def unused_fields(self) -> frozenset[str]:

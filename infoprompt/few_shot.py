@@ -1,6 +1,13 @@
 """The few-shot protocol: class-balanced train and valid sets drawn by seed from a task's
 deduplicated train split, disjoint from each other and from test (GLUE dev), so model
-selection never sees test data."""
+selection never sees test data.
+
+The rule for `shots` examples in train (and as many again in valid) over C classes: each
+class gets shots // C, and the shots % C left over go one each to the first classes in label
+order. A class with fewer than twice its share gives what it has (count // 2 to train, as
+many to valid; a class seen once gives none) and its shortfall is shared out the same way
+among the others. So GLUE's two classes are exactly balanced, and SemEval's 19 unbalanced
+ones are as balanced as the data allows, every class present that has two examples."""
 
 from __future__ import annotations
 
@@ -27,18 +34,21 @@ def _pool(raw: RawData, task: Task) -> pa.Table:
     return raw.train.take(pa.array(keep, pa.int64()))
 
 
-def _per_class(shots: int, num_labels: int) -> list[int]:
-    base, extra = divmod(shots, num_labels)
-    return [base + (c < extra) for c in range(num_labels)]
-
-
-def _max_shots(counts: list[int], num_labels: int) -> int:
-    """The largest `shots` for which every class can fill both train and valid."""
-    shots = sum(count // 2 for count in counts)
-    while shots > 0 and any(2 * n > count
-                            for n, count in zip(_per_class(shots, num_labels), counts)):
-        shots -= 1
-    return shots
+def _per_class(shots: int, counts: list[int]) -> list[int]:
+    """Examples of each class in train (and again in valid): the module's rule."""
+    caps = [count // 2 for count in counts]
+    wanted = [0] * len(counts)
+    left = shots
+    while left > 0:
+        open_classes = [c for c, cap in enumerate(caps) if wanted[c] < cap]
+        if not open_classes:
+            break
+        base, extra = divmod(left, len(open_classes))
+        for rank, c in enumerate(open_classes):
+            give = min(base + (rank < extra), caps[c] - wanted[c])
+            wanted[c] += give
+            left -= give
+    return wanted
 
 
 def _with_index(table: pa.Table, index: np.ndarray) -> pa.Table:
@@ -67,15 +77,14 @@ def few_shot_splits(raw: RawData, task: Task, shots: int | None,
         # A class with a single example cannot be in both train and valid; train gets it.
         wanted = [max(1, round(count / 10)) if count >= 2 else 0 for count in counts]
     else:
-        wanted = _per_class(int(shots), task.num_labels)
-        for c, (n, count) in enumerate(zip(wanted, counts)):
-            if 2 * n > count:
-                best = _max_shots(counts, task.num_labels)
-                fix = (f"use --shots {best} or fewer" if best >= task.num_labels
-                       else "this split is too small for few-shot sampling")
-                raise DataError(f"shots={shots} needs {n} {task.label_names[c]!r} examples for "
-                                f"train and {n} for valid, but the {task.display_name} train "
-                                f"split has only {count} (after removing duplicates); {fix}")
+        wanted = _per_class(int(shots), counts)
+        if sum(wanted) < shots:
+            best = sum(count // 2 for count in counts)
+            fix = (f"use --shots {best} or fewer" if best >= task.num_labels
+                   else "this split is too small for few-shot sampling")
+            raise DataError(f"shots={shots} needs {shots} examples for train and {shots} for "
+                            f"valid, but the {task.display_name} train split has only {best} to "
+                            f"give each (half of each class, after removing duplicates); {fix}")
 
     rng = np.random.default_rng(seed)
     train_parts, valid_parts = [], []

@@ -136,19 +136,26 @@ class InfoPromptModel(nn.Module):
         With `cfg.effective_vib` > 0 the head reads the bottleneck latent instead of Z:
         μ(Z) + σ(Z)·noise for noise (B, D) (training), μ(Z) when noise is None (evaluation,
         deterministic). Otherwise noise is ignored."""
-        embeds = self.encoder.get_input_embeddings()(input_ids)
         prompts = self.prompts(p_free)
-        if prompts is not None:
-            n_p = prompts.shape[1]
-            embeds = torch.cat([embeds[:, :1], prompts.to(embeds.dtype), embeds[:, 1 + n_p:]], 1)
-        hidden = self.encoder(inputs_embeds=embeds,
-                              attention_mask=attention_mask).last_hidden_state
-        z = hidden[torch.arange(len(mask_pos), device=hidden.device), mask_pos]
+        z = self.represent(input_ids, attention_mask, mask_pos, prompts)
         if not self.cfg.effective_vib:
             return z, self.head(z), prompts
         mu, log_sigma = gaussian(self.f_mu, self.f_sigma, z, self.cfg.log_sigma_max)
         latent = mu if noise is None else mu + log_sigma.exp() * noise.to(mu.dtype)
         return z, self.head(latent), prompts
+
+    def represent(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                  mask_pos: torch.Tensor, prompts: torch.Tensor | None) -> torch.Tensor:
+        """Z (B, D): the encoder's state at the mask with `prompts` (B, n_p, D) in slots
+        1..n_p, or the template as it is when prompts is None. Any prompts, not only this
+        model's: the analyses (infoprompt/analysis) put random and hand-crafted ones there."""
+        embeds = self.encoder.get_input_embeddings()(input_ids)
+        if prompts is not None:
+            n_p = prompts.shape[1]
+            embeds = torch.cat([embeds[:, :1], prompts.to(embeds.dtype), embeds[:, 1 + n_p:]], 1)
+        hidden = self.encoder(inputs_embeds=embeds,
+                              attention_mask=attention_mask).last_hidden_state
+        return hidden[torch.arange(len(mask_pos), device=hidden.device), mask_pos]
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Only what training changes: a checkpoint never carries the frozen encoder."""

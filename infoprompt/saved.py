@@ -9,6 +9,7 @@ Only these two are ever read: safetensors and JSON cannot run code when loaded, 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -163,6 +164,10 @@ def load_model(folder: str | os.PathLike[str], *, task: str | None = None,
         raise _refuse(folder, f"was trained on encoder {saved_encoder['name']}, not {model}")
     cfg = InfoPromptConfig.from_dict({**manifest["config"], "device": str(where)})
     the_task = get_task(saved_task)
+    if saved_task == "custom":  # its columns and labels came from the data's task.json
+        the_task = dataclasses.replace(the_task, text_fields=tuple(manifest["text_fields"]),
+                                       label_names=tuple(manifest["label_names"]),
+                                       metric=manifest["metric"])
     if list(the_task.label_names) != manifest["label_names"]:
         raise _refuse(folder, f"its labels {manifest['label_names']} are not task "
                               f"{saved_task}'s {list(the_task.label_names)}")

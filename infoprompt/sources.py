@@ -15,11 +15,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from infoprompt.custom import load_custom
 from infoprompt.demo import load_demo
-from infoprompt.hub import hub_unreachable, offline_mode
-from infoprompt.tasks import DataError, RawData, Task
+from infoprompt.hub import hub_fingerprint, load_hub_splits
+from infoprompt.semeval import load_semeval
+from infoprompt.tasks import DataError, RawData, Task, get_task
 
-__all__ = ["load_raw"]
+__all__ = ["load_raw", "load_task"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -205,47 +207,33 @@ def _load_hub(task: Task) -> RawData:
     name = f"nyu-mll/glue/{task.name}"
     local = ("pass --data-dir with a local GLUE folder (the TSVs from "
              "https://gluebenchmark.com/tasks)")
-    unreachable = hub_unreachable()
-    if unreachable and not offline_mode():  # offline mode may still find it in the cache
-        raise DataError(f"cannot download GLUE {task.name}: the Hugging Face hub is unreachable "
-                        f"({unreachable}); {local}, or set HF_HUB_OFFLINE=1 to use a copy in "
-                        "the datasets cache")
-    try:
-        import datasets  # heavy import; only this source needs it
-
-        loaded = datasets.load_dataset("nyu-mll/glue", task.name)
-        splits = [loaded["train"], loaded["validation"]]
-        tables = [
-            _make_table(task, {f: list(split[f]) for f in task.text_fields},
-                        list(split["label"]), f"hf:{name} {split_name}")
-            for split, split_name in zip(splits, ("train", "validation"))
-        ]
-    except DataError:
-        raise
-    except Exception as e:  # offline, missing package, hub errors: all mean "use a local dir"
-        reason = (str(e).strip().splitlines() or [""])[0][:160]
-        reason = f"{type(e).__name__}: {reason}" if reason else type(e).__name__
-        raise DataError(f"could not load GLUE {task.name} from the Hugging Face hub "
-                        f"({reason}); {local}") from None
-    fingerprints = [getattr(split, "_fingerprint", None) for split in splits]
-    if all(fingerprints):
-        key = "-".join(fingerprints)
-    else:  # fall back to hashing the content
-        digest = hashlib.sha256()
-        for table in tables:
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, table.schema) as writer:
-                writer.write_table(table)
-            digest.update(sink.getvalue())
-        key = digest.hexdigest()
-    return RawData(tables[0], tables[1], f"hf:{name}", f"hf:{name}:{key}")
+    splits = load_hub_splits("nyu-mll/glue", task.name, ("train", "validation"),
+                             what=f"GLUE {task.name}", local=local)
+    tables = [_make_table(task, {f: list(split[f]) for f in task.text_fields},
+                          list(split["label"]), f"hf:{name} {split_name}")
+              for split, split_name in zip(splits, ("train", "validation"))]
+    return RawData(tables[0], tables[1], f"hf:{name}",
+                   f"hf:{name}:{hub_fingerprint(splits, tables)}")
 
 
 def load_raw(task: Task, data_dir: str | None) -> RawData:
-    """The task's train split and GLUE dev split (our test split), from the first source
+    """The task's train split and its test split (GLUE: the dev split), from the first source
     that applies: the demo generator, `data_dir`, or the Hugging Face hub."""
     if task.name == "demo":
         return load_demo()
+    if task.name == "semeval":
+        return load_semeval(task, data_dir)
     if data_dir is not None:
         return _load_local(task, data_dir)
     return _load_hub(task)
+
+
+def load_task(name: str, data_dir: str | None) -> tuple[Task, RawData]:
+    """The task named `name` and its raw data; `custom` reads both from `data_dir`."""
+    if name == "custom":
+        if data_dir is None:
+            raise DataError("--task custom reads your data from --data-dir DIR, a folder with "
+                            "a task.json (see README, 'Data')")
+        return load_custom(data_dir)
+    task = get_task(name)
+    return task, load_raw(task, data_dir)

@@ -28,8 +28,8 @@ from infoprompt.config import ConfigError, InfoPromptConfig
 from infoprompt.encoder import load_encoder, load_tokenizer, max_tokens, prompt_free_features
 from infoprompt.few_shot import few_shot_splits
 from infoprompt.folders import check_writable_folder
-from infoprompt.sources import load_raw
-from infoprompt.tasks import Task, get_task
+from infoprompt.sources import load_task
+from infoprompt.tasks import Task
 from infoprompt.template import Template, prompt_free_ids
 
 __all__ = ["SPLITS", "Splits", "default_cache_dir", "features_table", "load_splits", "store_key"]
@@ -83,10 +83,9 @@ def store_key(cfg: InfoPromptConfig, fingerprint: str, tokenizer) -> tuple[str, 
 def load_splits(cfg: InfoPromptConfig, *, with_test: bool = True, log=None) -> Splits:
     """Read the store for cfg's (task, shots, seed, model, …), building what is missing."""
     log = log or (lambda message: print(message, file=sys.stderr))
-    task = get_task(cfg.task)
     tokenizer = load_tokenizer(cfg.model)
     check_max_length(cfg)
-    raw = load_raw(task, cfg.data_dir)
+    task, raw = load_task(cfg.task, cfg.data_dir)
     names = SPLITS if with_test else SPLITS[:2]
     root = Path(cfg.cache_dir or default_cache_dir()) / cfg.task
     keys, paths = {}, {}

@@ -21,6 +21,7 @@ from infoprompt.config import Estimator, InfoPromptConfig
 from infoprompt.encoder import load_encoder
 from infoprompt.errors import InfoPromptError
 from infoprompt.losses import (
+    conditional_nce,
     mi_bound,
     nce_head,
     nce_rep,
@@ -28,7 +29,7 @@ from infoprompt.losses import (
     sample_token_negatives,
     vib_kl,
 )
-from infoprompt.metrics import classification_metrics
+from infoprompt.metrics import task_metrics
 from infoprompt.model import InfoPromptModel, gaussian
 from infoprompt.precision import use_bf16
 from infoprompt.store import Splits
@@ -42,6 +43,10 @@ STEP_MEANS = (*LOSS_TERMS, "prompt_norm")  # averaged over an epoch's steps
 # ignores the prompt. Each term's gradient norm on the generator, from one batch per epoch.
 SHUFFLED = ("nce_rep_shuffled", "nce_head_shuffled")
 GRADIENTS = ("grad_pred", "grad_rep", "grad_head")
+# Diagnostics (cfg.diagnostics, methods with prompts): log K − InfoNCE of which of K prompts
+# (the first batch_size valid examples' own) X's state was given, X fixed: 0 when Z ignores
+# the prompt, log K at most (losses.conditional_nce). Once per epoch, on valid.
+CONDITIONAL = "cmi_prompt"
 
 
 class Diverged(InfoPromptError):
@@ -250,10 +255,29 @@ class Training:
                                           batch["mask_pos"], batch["p_free"])
             predictions.append(logits.argmax(-1).cpu())
             logliks.append(-F.cross_entropy(logits.float(), batch["labels"], reduction="none"))
-        metrics = classification_metrics(split.labels.tolist(), torch.cat(predictions).tolist(),
-                                         self.splits.task.num_labels)
+        metrics = task_metrics(self.splits.task, split.labels.tolist(),
+                               torch.cat(predictions).tolist())
         metrics["loglik"] = float(torch.cat(logliks).mean())
         return metrics
+
+    @torch.no_grad()
+    def conditional_mi(self, split: SplitTensors, rows: list[int]) -> torch.Tensor:
+        """Per-example conditional_nce bound (len(rows),) in nats: each row's input under the
+        prompts the model generates for every one of `rows` (its own first). A fixed prompt
+        (warp) gives K equal states and exactly 0. Noise from a generator of its own, so
+        logging it leaves the training's random stream alone."""
+        batch = self.batch(split, rows)
+        k = len(rows)
+        shift = (torch.arange(k)[:, None] + torch.arange(k)[None, :]) % k  # in_batch's order
+        inputs = {name: batch[name].repeat_interleave(k, 0)
+                  for name in ("input_ids", "attention_mask", "mask_pos")}
+        with self.autocast():
+            prompts = self.model.prompts(batch["p_free"][shift.flatten().to(self.device)])
+            z = self.model.represent(inputs["input_ids"], inputs["attention_mask"],
+                                     inputs["mask_pos"], prompts)
+        generator = torch.Generator(self.device).manual_seed(self.cfg.seed)
+        nce = conditional_nce(z.view(k, k, -1), generator=generator)
+        return math.log(k) - nce
 
     # --- the loop -----------------------------------------------------------------------
     def epochs(self) -> Iterator[dict[str, Any]]:
@@ -287,6 +311,9 @@ class Training:
                 **{name: float(value) for name, value in gradients.items()},
                 "mi_rep": mi_bound(means["nce_rep"], cfg.nce_candidates[0]),
                 "mi_head": mi_bound(means["nce_head"], cfg.nce_candidates[1]),
+                **({CONDITIONAL: float(self.conditional_mi(
+                    self.valid_data, list(range(min(cfg.batch_size, len(self.valid_data))))
+                ).mean())} if cfg.diagnostics and cfg.method.uses_prompts else {}),
                 "lr": self.scheduler.get_last_lr()[0],
                 "best_valid_metric": self.best_valid,
                 "best_epoch": self.best_epoch,

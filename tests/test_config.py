@@ -194,7 +194,7 @@ def test_estimator_and_vib_are_checked_in_one_line(changes: dict, fragment: str)
 def test_nce_candidates_follow_the_estimator() -> None:
     assert InfoPromptConfig(estimator="paper", k_negatives=16).nce_candidates == (16, 16)
     in_batch = InfoPromptConfig(estimator="in_batch", batch_size=8, k_negatives=16)
-    assert in_batch.nce_candidates == (9, 8)  # the batch, plus the rep term's hard negative
+    assert in_batch.nce_candidates == (8, 8)  # the batch: the hard negative adds no log
     assert in_batch.replace(hard_negative=False).nce_candidates == (8, 8)
 
 

@@ -12,6 +12,7 @@ from torch import nn
 from infoprompt.config import Critic, Estimator
 from infoprompt.losses import (
     _reparameterise,
+    conditional_nce,
     in_batch,
     info_nce,
     mi_bound,
@@ -432,3 +433,30 @@ def test_vib_kl_is_the_per_dimension_mean_of_the_gaussian_kl() -> None:
     torch.testing.assert_close(vib_kl(mu, log_sigma),
                                torch.distributions.kl_divergence(posterior, prior).mean())
     assert vib_kl(torch.zeros(3, 4), torch.zeros(3, 4)).item() == 0.0  # the prior itself
+
+
+# --- the conditional diagnostic ---------------------------------------------------------------
+
+
+def test_conditional_nce_gives_example_identity_nothing() -> None:
+    """States that tell examples apart perfectly (in-batch InfoNCE ~0, the bound at log B) but
+    do not depend on the prompt (every candidate of a row equal): the conditional estimate is
+    exactly log K, a bound of 0."""
+    torch.manual_seed(0)
+    examples = torch.randn(6, 16) * 10
+    assert info_nce(torch.einsum("bd,bkd->bk", examples, in_batch(examples))) < 1e-3
+    same_prompt = examples[:, None].expand(6, 5, 16)
+    nce = conditional_nce(same_prompt, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(nce, torch.full((6,), math.log(5)))
+
+
+def test_conditional_nce_grows_as_prompts_move_the_state() -> None:
+    """0 for equal candidates, towards log K as the K states of a row move apart."""
+    torch.manual_seed(0)
+    base, spread = torch.randn(4, 1, 32), torch.randn(4, 8, 32)
+    bounds = [math.log(8) - conditional_nce(base + scale * spread,
+                                            generator=torch.Generator().manual_seed(1)).mean()
+              for scale in (0.0, 0.1, 0.3, 1.0, 10.0)]
+    assert bounds[0] == pytest.approx(0.0, abs=1e-6)
+    assert all(a < b for a, b in zip(bounds, bounds[1:]))
+    assert bounds[-1] == pytest.approx(math.log(8), abs=0.05)

@@ -26,6 +26,8 @@ def test_ci_installs_like_the_readme_and_runs_its_test_command() -> None:
     exports = [line for line in ci if line.startswith("export ")]
     assert exports and 'INFOPROMPT_GLUE_DIR="$(cd .. && pwd)/shared/glue"' in exports[0]
     assert "INFOPROMPT_REQUIRE_GLUE=1" in exports[0]
+    assert 'INFOPROMPT_SEMEVAL_DIR="$(cd .. && pwd)/shared/semeval"' in exports[1]
+    assert "INFOPROMPT_REQUIRE_SEMEVAL=1" in exports[1]
     assert ci.index(exports[0]) < len(ci) - 1
 
 

@@ -171,6 +171,16 @@ def test_a_glue_task_names_glue_dev_as_its_test_split(tmp_path: Path):
         (tmp_path / "results.md").read_text()
 
 
+def test_semeval_results_say_what_its_metric_is(tmp_path: Path):
+    summary = summary_of([row("a", 0.6)], paired_final([0.2, 0.3], [0.1, 0.2]))
+    write_markdown(summary._replace(task="semeval", metric="semeval_f1"),
+                   tmp_path / "results.md")
+    text = (tmp_path / "results.md").read_text()
+    assert "## Test semeval_f1 (the task's test split), re-trained from scratch" in text
+    assert ("`semeval_f1`: macro-F1 over the 9 relations, direction counted, Other excluded "
+            "(the official SemEval-2010 Task 8 score).") in text
+
+
 def test_write_markdown_without_final(tmp_path: Path):
     write_markdown(summary_of([row("a", 0.6)]), tmp_path / "results.md")
     assert "Test accuracy" not in (tmp_path / "results.md").read_text()

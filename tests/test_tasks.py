@@ -33,7 +33,8 @@ def cola(glue_dir: Path) -> RawData:
 
 def test_task_registry() -> None:
     assert issubclass(DataError, ValueError)
-    assert list(TASKS) == ["cola", "sst2", "rte", "mrpc", "demo"]
+    assert list(TASKS) == ["cola", "sst2", "rte", "mrpc", "semeval", "demo", "custom"]
+    assert get_task("semeval").num_labels == 19 and get_task("semeval").metric == "semeval_f1"
     assert get_task("cola").metric == "mcc"
     assert {get_task(n).metric for n in ("sst2", "rte", "mrpc", "demo")} == {"accuracy"}
     assert get_task("rte").label_names == ("entailment", "not_entailment")
@@ -180,12 +181,12 @@ def test_missing_data(tmp_path: Path) -> None:
 def test_hub_failure_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     import datasets
 
-    import infoprompt.sources
+    import infoprompt.hub
 
     def offline(*args: object, **kwargs: object) -> None:
         raise ConnectionError("Couldn't reach 'nyu-mll/glue' on the Hub\n(LocalEntryNotFound)")
 
-    monkeypatch.setattr(infoprompt.sources, "hub_unreachable", lambda: None)
+    monkeypatch.setattr(infoprompt.hub, "hub_unreachable", lambda: None)
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DataError) as err:
         load_raw(get_task("sst2"), None)
@@ -199,11 +200,11 @@ def test_unreachable_hub_is_refused_at_once_and_offline_mode_reads_the_cache(
         monkeypatch: pytest.MonkeyPatch) -> None:
     import datasets
 
-    import infoprompt.sources
+    import infoprompt.hub
 
     asked = []
     monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: asked.append(a) or 1 / 0)
-    monkeypatch.setattr(infoprompt.sources, "hub_unreachable",
+    monkeypatch.setattr(infoprompt.hub, "hub_unreachable",
                         lambda: "huggingface.co:443 does not answer: Name or service not known")
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(DataError) as err:
@@ -272,12 +273,15 @@ def test_too_many_shots_names_the_maximum(cola: RawData) -> None:
     with pytest.raises(DataError) as err:
         few_shot_splits(cola, get_task("cola"), 6000, seed=0)
     message = str(err.value)
-    # 2516 unique 'unacceptable' sentences after deduplication: 1258 each for train and valid.
-    assert "needs 3000 'unacceptable' examples for train and 3000 for valid" in message
-    assert "use --shots 2516 or fewer" in message
-    assert len(few_shot_splits(cola, get_task("cola"), 2516, seed=0)["valid"]) == 2516
-    with pytest.raises(DataError, match="use --shots 2516 or fewer"):
-        few_shot_splits(cola, get_task("cola"), 2517, seed=0)
+    # 2516 unique 'unacceptable' sentences after deduplication give 1258 each to train and
+    # valid, the 'acceptable' ones 3000: 4258 in all.
+    assert "shots=6000 needs 6000 examples for train and 6000 for valid" in message
+    assert "has only 4258 to give each" in message and "use --shots 4258 or fewer" in message
+    # Beyond 2 x 1258 the classes are no longer balanced: the short one gives all it has.
+    valid = few_shot_splits(cola, get_task("cola"), 4258, seed=0)["valid"]
+    assert _label_counts(valid) == {0: 1258, 1: 3000}
+    with pytest.raises(DataError, match="use --shots 4258 or fewer"):
+        few_shot_splits(cola, get_task("cola"), 4259, seed=0)
 
 
 def test_bad_shots(cola: RawData) -> None:
@@ -321,9 +325,9 @@ def test_demo_task() -> None:
 def test_hub_source_converts_splits(monkeypatch: pytest.MonkeyPatch) -> None:
     import datasets
 
-    import infoprompt.sources
+    import infoprompt.hub
 
-    monkeypatch.setattr(infoprompt.sources, "hub_unreachable", lambda: None)
+    monkeypatch.setattr(infoprompt.hub, "hub_unreachable", lambda: None)
     def fake(path: str, name: str) -> datasets.DatasetDict:
         assert (path, name) == ("nyu-mll/glue", "mrpc")
         split = {"sentence1": ["a ", "b"], "sentence2": ["c", "d"], "label": [1, 0],

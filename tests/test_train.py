@@ -72,7 +72,7 @@ def test_resume_from_a_checkpoint_continues_the_same_run(reference):
 
 def test_history_records_every_term_and_mi_bounds_stay_below_log_k(reference):
     cfg, _, history, _, _ = reference
-    log_k_rep, log_k_head = map(math.log, cfg.nce_candidates)  # in_batch: the batch (+1)
+    log_k_rep, log_k_head = map(math.log, cfg.nce_candidates)  # in_batch: the batch
     for record in history:
         missing = [key for key in HISTORY_KEYS if key not in record]
         assert not missing, missing
@@ -275,7 +275,38 @@ def test_diagnostics_change_nothing_that_is_trained(demo_store_16, changes):
     off = list(run(cfg.replace(diagnostics=False), splits.without_test()))
     assert all(key in on[-1] for key in DIAGNOSTICS)
     assert not set(DIAGNOSTICS) & set(off[-1])
-    assert _without(on, DIAGNOSTICS) == _comparable(off)
+    assert _without(on, DIAGNOSTICS + ("cmi_prompt",)) == _comparable(off)
+    assert all(abs(record["cmi_prompt"]) <= math.log(cfg.batch_size) for record in on)
+
+
+def _prompts_masked(training: Training) -> None:
+    """Hide the prompt slots from attention: the state at the mask no longer depends on the
+    prompts (each example's own prompts still differ), so they carry nothing about Z given X."""
+    batch = training.batch
+
+    def masked(split, rows, **options):
+        out = batch(split, rows, **options)
+        out["attention_mask"][:, 1:1 + training.cfg.n_prompts] = 0
+        return out
+    training.batch = masked
+
+
+def test_conditional_mi_is_zero_when_z_ignores_the_prompt(demo_store_16):
+    """The control: with prompts the encoder cannot see, every candidate of a row is the same
+    state, and the bound is 0 (up to float noise). A fixed prompt (warp) also gives 0."""
+    cfg, splits = demo_store_16
+    rows = list(range(8))
+    training = Training(cfg, splits.without_test())
+    with torch.no_grad():
+        training.model.generator.up.mul_(50)  # prompts far apart: the state tells them apart
+    assert training.conditional_mi(training.valid_data, rows).mean() > 0.1
+
+    _prompts_masked(training)
+    blind = training.conditional_mi(training.valid_data, rows)
+    assert blind.abs().max() < 1e-4
+    warp = Training(cfg.replace(method=Method.WARP), splits.without_test())
+    assert warp.conditional_mi(warp.valid_data, rows).abs().max() < 1e-4
+    assert "cmi_prompt" in next(warp.epochs())
 
 
 def _one_batch(training: Training) -> dict[str, torch.Tensor]:
@@ -344,7 +375,7 @@ def test_vib_adds_its_kl_and_evaluates_deterministically(demo_store_16):
     assert record["loss"] == pytest.approx(
         record["loss_pred"] + cfg.beta * record["nce_rep"] + cfg.gamma * record["nce_head"]
         + cfg.vib * record["kl"], rel=1e-5)
-    assert record["mi_rep"] == pytest.approx(math.log(8 + 1) - record["nce_rep"])  # K = B + 1
+    assert record["mi_rep"] == pytest.approx(math.log(8) - record["nce_rep"])  # log B: hard neg. adds none
     assert training.evaluate(training.valid_data) == training.evaluate(training.valid_data)
     assert next(run(cfg.replace(vib=0.0), splits.without_test()))["kl"] == 0.0
 

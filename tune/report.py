@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from infoprompt.errors import InfoPromptError
-from infoprompt.tasks import get_task
+from infoprompt.tasks import METRIC_TITLES, get_task
 
 __all__ = ["Summary", "TrialRow", "final_comparison", "final_stats", "final_table",
            "model_lines", "rerank_table", "summarize", "trial_rows", "tune_statuses",
@@ -169,7 +169,8 @@ def final_table(summary: Summary) -> list[str]:
         return []
     test = "GLUE dev" if get_task(summary.task).glue_name else "the task's test split"
     lines = [f"## Test {summary.metric} ({test}), re-trained from scratch on split seeds "
-             f"{_seeds(best['seeds'])}", ""]
+             f"{_seeds(best['seeds'])}", "",
+             f"`{summary.metric}`: {METRIC_TITLES.get(summary.metric, summary.metric)}.", ""]
     if default is None or default["config"] == best["config"]:
         lines += ["The returned configuration is the default one: nothing to compare.", "",
                   "| seed | test |", "|---|---|"]
