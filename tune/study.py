@@ -97,7 +97,8 @@ def check_resumable_study(url: str, name: str, experiment: str, ray_trials: int)
                                   "with the --optuna-storage the search was started with")
         return
     path = Path(url.removeprefix("sqlite:///"))
-    fix = f"put back the experiment's own {STUDY_FILE} (a backup or the original copy) and resume again"
+    fix = (f"put back the experiment's own {STUDY_FILE} (a backup or the original copy) and "
+           "resume again")
     if not path.is_file():
         raise InfoPromptError(f"--resume: {path} is missing, and with it the study of "
                               f"{experiment} (its trials, TPE's model); {fix}")
@@ -196,8 +197,9 @@ def prepare_study(settings: SearchSettings, url: str, name: str,
 
 
 def warm_trials(settings: SearchSettings) -> list[Any]:
-    """The finished trials of the search named by --warm-start, if its task and search space
-    match this one's (else one line saying what differs); says how many it found."""
+    """The finished trials (run to the end, or stopped by ASHA: TPE models both) of the
+    search named by --warm-start, if its task and search space match this one's (else one
+    line saying what differs); says how many it found."""
     if not settings.warm_start:
         return []
     import optuna
@@ -228,10 +230,12 @@ def warm_trials(settings: SearchSettings) -> list[Any]:
         state=t.state, value=t.value, params=t.params, distributions=t.distributions,
         intermediate_values=t.intermediate_values,
         user_attrs={"warm_start": f"{folder} trial {t.number}"})
-        for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    print(f"warm start: {len(finished)} finished trials of {folder} added to the study"
-          if finished else f"warm start: {folder} has no finished trial; this search starts "
-          "cold", flush=True)
+        for t in study.trials if t.state in (done := (optuna.trial.TrialState.COMPLETE,
+                                                      optuna.trial.TrialState.PRUNED))]
+    pruned = sum(t.state == done[1] for t in finished)
+    print(f"warm start: {len(finished)} finished trials of {folder} added to the study "
+          f"({pruned} of them stopped early by ASHA)" if finished else
+          f"warm start: {folder} has no finished trial; this search starts cold", flush=True)
     return finished
 
 
