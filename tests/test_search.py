@@ -707,9 +707,6 @@ def shared_study(tmp_path_factory) -> str:
     (["--optuna-storage", "not a url"], "--optuna-storage 'not a url' is not a database URL"),
     (["--optuna-storage", "sqlite//data/x.db"],
      "--optuna-storage 'sqlite//data/x.db' is not a database URL"),
-    (["--temperature-range", "0.5", "1e6"],
-     "--temperature-range: temperature is not searched with --method infoprompt --critic "
-     "bilinear"),
     (["--lr-range", "-1e-3", "1e-2"], "--lr-range needs 0 < LOW <= HIGH, got -0.001 0.01"),
     (["--beta", "0.3"], "--beta is set by the search; narrow it with --beta-range"),
     (["--warm-start", "/no/such/experiment"],
@@ -720,7 +717,7 @@ def shared_study(tmp_path_factory) -> str:
         "resume-unknown-name", "unknown-flag", "storage-under-a-file", "storage-unwritable",
         "storage-unreachable-uri", "cv-folds-above-a-class", "max-length-above-encoder",
         "study-name-taken", "study-storage-unreachable", "study-url-malformed",
-        "study-url-no-colon", "range-not-searched", "negative-range", "searched-field-flag",
+        "study-url-no-colon", "negative-range", "searched-field-flag",
         "warm-start-missing-absolute"])
 def test_bad_input_is_one_error_line(tmp_path, cache_dir, a_file, shared_study, flags,
                                      message):
@@ -743,6 +740,21 @@ def test_bad_input_is_one_error_line(tmp_path, cache_dir, a_file, shared_study, 
     assert "Started a local Ray instance" not in done.stderr
     assert seconds < scaled(120), seconds
     assert not list(tmp_path.iterdir()), "a refused search left an experiment folder"
+
+
+def test_a_range_for_a_field_not_searched_is_warned_about(capsys):
+    """--temperature-range under the bilinear critic (τ is the cosine critic's) changes
+    nothing: one warning line, not silence."""
+    from tune.search import parse_args
+    from tune.settings import settings_from_args
+
+    settings_from_args(parse_args(["--temperature-range", "0.5", "1e6"]))
+    [line] = capsys.readouterr().err.splitlines()
+    assert line == ("warning: --temperature-range: temperature is not searched with --method "
+                    "infoprompt --critic bilinear --estimator in_batch (it changes nothing "
+                    "that trains), so the flag has no effect")
+    settings_from_args(parse_args(["--temperature-range", "0.5", "1", "--critic", "cosine"]))
+    assert capsys.readouterr().err == ""
 
 
 def test_help_is_quick():

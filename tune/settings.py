@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,11 +163,11 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     settings = SearchSettings(config=config_from_args(args), space=space_from_args(args), **own)
     cfg = settings.config
     unused = [name for name in SPACE if f"{name}_space" in given and name in cfg.unused_fields]
-    if unused:  # the sampler would never see it: say so rather than ignore the flag
-        raise InfoPromptError(
-            f"{', '.join(flag(name) for name in unused)}: {', '.join(unused)} is not searched "
-            f"with --method {cfg.method.value} --critic {cfg.critic.value} --estimator "
-            f"{cfg.estimator.value} (it changes nothing that trains); drop the flag")
+    if unused:  # the sampler never sees it: say so rather than ignore the flag silently
+        print(f"warning: {', '.join(flag(name) for name in unused)}: {', '.join(unused)} is "
+              f"not searched with --method {cfg.method.value} --critic {cfg.critic.value} "
+              f"--estimator {cfg.estimator.value} (it changes nothing that trains), so the "
+              "flag has no effect", file=sys.stderr)
     return settings
 
 
