@@ -287,7 +287,7 @@ def _search(settings: SearchSettings, splits: Any, storage: str, name: str, path
               "together", flush=True)
     if settings.resume:
         print(f"resuming {path}", flush=True)
-        tuner = restore_tuner(path, settings, splits, study_url=study_url)
+        tuner = restore_tuner(storage, name, settings, splits, study_url=study_url)
     else:
         save_settings(settings, storage, name)
         tuner = build_tuner(settings, splits, storage_path=storage, name=name,

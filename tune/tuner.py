@@ -12,6 +12,7 @@ import ray.tune
 from ray.air.constants import TRAINING_ITERATION
 from ray.tune import Callback
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from infoprompt.errors import InfoPromptError
@@ -21,8 +22,8 @@ from tune.space import default_point, param_space
 from tune.tensorboard import TaskTensorBoard
 from tune.trainable import trainable
 
-__all__ = ["METRIC", "MODE", "AshaRungs", "StudySearch", "build_tuner", "restore_tuner",
-           "sampler_options", "tpe_sampler", "trial_folder"]
+__all__ = ["METRIC", "MODE", "AshaRungs", "MovedSearchGenerator", "StudySearch", "build_tuner",
+           "restore_tuner", "sampler_options", "tpe_sampler", "trial_folder"]
 
 logger = logging.getLogger(__name__)
 METRIC, MODE = "objective", "max"  # tune/objective.py: one number, end to end
@@ -221,17 +222,50 @@ def build_tuner(settings: SearchSettings, splits: Splits, *, storage_path: str, 
             verbose=1))
 
 
-def restore_tuner(path: str, settings: SearchSettings, splits: Splits, *,
+class MovedSearchGenerator(SearchGenerator):
+    """Tune's SearchGenerator for a resumed search. Ray restores the generator's Experiment
+    as it was saved, with the storage path the experiment was started in, and creates every
+    new trial from it: after a resume of a moved or copied experiment those trials (their
+    folders and checkpoints) would land in the original (ray/tune/search/search_generator.py,
+    set_state; Tune moves only the restored trials, tune_controller._restore_trials). This
+    one points the restored Experiment at where the experiment is now, as Tune does for the
+    restored trials."""
+
+    def bind(self, storage_path: str, name: str) -> None:
+        self.storage_path, self.name = storage_path, name
+
+    def set_state(self, state: dict) -> None:
+        from ray.train._internal.storage import get_fs_and_path
+
+        super().set_state(state)
+        storage = self._experiment.storage
+        storage.storage_filesystem, storage.storage_fs_path = get_fs_and_path(self.storage_path)
+        storage.experiment_dir_name = self.name
+
+
+def restore_tuner(storage_path: str, name: str, settings: SearchSettings, splits: Splits, *,
                   study_url: str) -> ray.tune.Tuner:
-    """Continue an interrupted search: finished trials are kept, unfinished ones resume,
-    the study is the one in `study_url` (where the experiment's is now)."""
+    """Continue an interrupted search: finished trials are kept, unfinished ones resume, new
+    ones are created where the experiment is now, and the study is the one in `study_url`
+    (where the experiment's is now)."""
+    path = f"{storage_path.rstrip('/')}/{name}"
     tuner = ray.tune.Tuner.restore(path, _trainable(settings, splits), resume_unfinished=True,
                                    resume_errored=False)
-    # Tuner.restore takes no search algorithm: the one unpickled from tuner.pkl is bound to
-    # the study here, before fit() restores its state (Ray keeps it in the tune config).
-    searcher = tuner._local_tuner._tune_config.search_alg
+    # Tuner.restore takes no search algorithm: the one unpickled from tuner.pkl is wrapped
+    # and bound here, before fit() restores its state (Ray keeps it in the tune config).
+    config = tuner._local_tuner._tune_config
+    generator = config.search_alg
+    if not isinstance(generator, MovedSearchGenerator):  # a first resume
+        limited = (ConcurrencyLimiter(generator, max_concurrent=config.max_concurrent_trials)
+                   if config.max_concurrent_trials else generator)
+        generator = config.search_alg = MovedSearchGenerator(limited)
+        config.max_concurrent_trials = None  # in the limiter now, as Tune would have put it
+    searcher = generator.searcher
+    while not isinstance(searcher, StudySearch) and hasattr(searcher, "searcher"):
+        searcher = searcher.searcher
     if not isinstance(searcher, StudySearch):
         raise InfoPromptError(f"--resume: {path} was not saved by this version's search "
                               f"(its searcher is {type(searcher).__name__}); start a new one")
+    generator.bind(storage_path, name)
     searcher.bind(study_url, settings.config.epochs)
     return tuner
