@@ -200,13 +200,7 @@ def _locked_search(settings: SearchSettings, given: set[str], storage: str, name
         return {"path": path, "summary": None}
 
     from infoprompt.store import load_splits
-    from tune.study import (
-        check_optuna_storage,
-        check_study_name,
-        prepare_study,
-        study_storage,
-        warm_trials,
-    )
+    from tune.study import check_optuna_storage, check_study_name, warm_trials
 
     # The study's database, checked and prepared before Ray starts: Ray's restore would
     # otherwise fail into a fresh start over the experiment's state.
@@ -219,11 +213,9 @@ def _locked_search(settings: SearchSettings, given: set[str], storage: str, name
         from tune.trainable import rotations
 
         rotations(splits, settings.cv_folds, seed=settings.config.seed)
-    study_url = study_storage(settings, storage, name)
-    prepare_study(settings, study_url, settings.study_name, warm)
     connect(settings.address)
     try:
-        return _search(settings, splits, storage, name, path, study_url)
+        return _search(settings, splits, storage, name, path, warm)
     finally:  # also for callers of search() in-process, and on errors
         ray.shutdown()
 
@@ -268,8 +260,9 @@ def _print_finished(settings: SearchSettings, path: str) -> bool:
 
 
 def _search(settings: SearchSettings, splits: Any, storage: str, name: str, path: str,
-            study_url: str) -> dict[str, Any]:
+            warm: list[Any]) -> dict[str, Any]:
     from tune import report
+    from tune.study import prepare_study, study_storage
     from tune.tuner import build_tuner, restore_tuner
 
     cfg = settings.config
@@ -285,6 +278,8 @@ def _search(settings: SearchSettings, splits: Any, storage: str, name: str, path
         print(f"cluster: up to {pending} trials may wait for resources at once "
               f"(TUNE_MAX_PENDING_TRIALS_PG={pending}), so the autoscaler is asked for them "
               "together", flush=True)
+    study_url = study_storage(settings, storage, name)
+    prepare_study(settings, study_url, settings.study_name, warm)
     if settings.resume:
         print(f"resuming {path}", flush=True)
         tuner = restore_tuner(storage, name, settings, splits, study_url=study_url)
@@ -302,8 +297,7 @@ def _search(settings: SearchSettings, splits: Any, storage: str, name: str, path
                                method=cfg.method.value, trials=rows, final={},
                                search=search_record(settings, concurrent))
     # Written now and again after the final evaluation: a failure there loses no search.
-    target, markdown = write_reports(summary, storage, name, study_url,
-                                         settings.study_name)
+    target, markdown = write_reports(summary, storage, name, study_url, settings.study_name)
     if settings.final_seeds:
         configs = {"best": summary.best_config, "default": paper_point(cfg, settings.space)}
         final = final_evaluation(settings, configs)
