@@ -3,15 +3,17 @@
 Rows: a linear probe on the stored frozen features P' (LogisticRegression, C chosen on valid),
 finetune, adapter, warp, idpg, infoprompt with the paper's estimator (paper defaults, bilinear
 critic, and the cosine critic), infoprompt with our default in-batch negatives, the ablations
-gamma0, beta0 (default estimator), pred_only, and infoprompt with the best configuration of a
-search on that task (selected on valid only), one row per --cv-folds value.
+gamma0, beta0 (default estimator), pred_only, and the configurations tune/search.py returns
+for infoprompt and, as its control, for pred_only (the same search over lr and r, β = γ = 0).
 
 Protocol (every row the same): seeds 0..N-1 each draw their own 64-shot train and valid split
 from GLUE train; a run trains `--epochs` epochs, keeps the parameters of its best-valid epoch
 and scores them once on GLUE dev (the test split). Table cells are mean ± std over seeds.
-The searched rows: tune/search.py on seed 0's split (Optuna TPE + ASHA, `--search-samples`
-trials of at most `--search-epochs` epochs, --final-seeds 0, so the search never sees test);
-its best config is then trained and scored exactly like every other row.
+The searched rows: tune/search.py (Optuna TPE + ASHA, `--search-samples` trials of at most
+`--epochs` epochs — the rows' own epochs and schedule — then its re-rank against the default)
+on split seeds from `--search-seed` on, disjoint from the rows' seeds, with --final-seeds 0 so
+that it never sees test; the config it returns is then trained and scored exactly like every
+other row.
 
 Independent fits run in `--workers` processes (spawn) with one torch thread each. Every finished
 run is saved to a JSON file at once; a re-run skips what that file already holds.
@@ -79,9 +81,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="only these row labels (default: all); 'probe', 'search' or a "
                              "method name also select rows")
     parser.add_argument("--search-samples", type=int, default=12)
-    parser.add_argument("--search-epochs", type=int, default=10)
-    parser.add_argument("--cv-folds", type=int, nargs="*", default=[1, 2],
-                        help="one searched row per value (default: 1 2; none: no search rows)")
+    parser.add_argument("--search-seed", type=int, default=100,
+                        help="the searches' first split seed; their draws and re-rank draws "
+                             "follow it, so it must be >= --seeds (default: 100)")
+    parser.add_argument("--split-draws", type=int, default=1,
+                        help="tune/search.py --split-draws (default: 1)")
+    parser.add_argument("--rerank-top", type=int, default=2,
+                        help="tune/search.py --rerank-top (default: 2)")
+    parser.add_argument("--rerank-draws", type=int, default=3,
+                        help="tune/search.py --rerank-draws (default: 3)")
     parser.add_argument("--storage-path", default=None,
                         help="where the searches keep their Ray results "
                              "(default: a temporary folder)")
@@ -89,9 +97,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="per-run results, saved as they finish and reused on a re-run")
     add_common_arguments(parser)
     args = parser.parse_args(argv)
+    if args.search_seed < args.seeds:
+        parser.error(f"--search-seed {args.search_seed} overlaps the rows' seeds "
+                     f"0..{args.seeds - 1}")
     if args.smoke:
         args.tasks, args.shots, args.seeds, args.epochs = ["demo"], 16, 1, 1
-        args.search_samples, args.search_epochs, args.cv_folds = 2, 1, [2]
+        args.search_samples, args.rerank_top, args.rerank_draws = 2, 1, 2
         args.rows = args.rows or ["probe", "infoprompt", "finetune", "search"]
         args.results = Path(tempfile.mkdtemp(prefix="bench-methods-")) / "methods_table.json"
         args.no_write = True
@@ -138,41 +149,50 @@ def probe_job(cfg) -> dict[str, Any]:
             "seconds": time.perf_counter() - started}
 
 
-def run_search(args: argparse.Namespace, task: str, folds: int, storage: str) -> dict[str, Any]:
-    """tune/search.py on seed 0's split, valid only (--final-seeds 0): the best config."""
+def run_search(args: argparse.Namespace, task: str, method: str,
+               storage: str) -> dict[str, Any]:
+    """tune/search.py with the rows' epochs, on split seeds the rows never use, valid only
+    (--final-seeds 0): the config it returns."""
     from tune.search import main as search_main
 
     started = time.perf_counter()
-    name = f"bench-methods-{task}-cv{folds}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = f"bench-methods-{task}-{method}-{time.strftime('%Y%m%d-%H%M%S')}"
     argv = ["--task", task, "--shots", str(args.shots), "--model", args.model,
-            "--cache-dir", args.cache_dir, "--epochs", str(args.search_epochs),
-            "--num-samples", str(args.search_samples), "--cv-folds", str(folds),
-            "--grace-period", str(min(2, args.search_epochs)),
-            "--final-seeds", "0", "--seed", "0", "--method", "infoprompt",
+            "--cache-dir", args.cache_dir, "--epochs", str(args.epochs),
+            "--num-samples", str(args.search_samples), "--split-draws", str(args.split_draws),
+            "--rerank-top", str(args.rerank_top), "--rerank-draws", str(args.rerank_draws),
+            "--grace-period", str(min(2, args.epochs)),
+            "--final-seeds", "0", "--seed", str(args.search_seed), "--method", method,
             "--storage-path", storage, "--name", name]
     if task != "demo" and args.data_dir:
         argv += ["--data-dir", args.data_dir]
     print(f"search: python tune/search.py {' '.join(argv)}", flush=True)
     out = search_main(argv)
     summary = out["summary"]
-    return {"best_config": summary.best_config, "best_valid_metric": summary.best_valid_metric,
+    return {"returned_config": summary.returned_config,
+            "decision": summary.rerank.get("decision", {}).get("reason"),
+            "best_config": summary.best_config, "best_valid_metric": summary.best_valid_metric,
             "best_objective": summary.best_objective,
             "trials": len(summary.trials), "stopped_early": summary.stopped_early,
-            "trial_epochs": sum(t.epochs for t in summary.trials) * folds,
+            "trial_epochs": sum(t.epochs for t in summary.trials) * args.split_draws,
             "path": out["path"], "seconds": time.perf_counter() - started, "argv": argv}
 
 
 def run_key(task: str, label: str, seed: int, args: argparse.Namespace) -> str:
+    if label in SEARCHED:  # the config depends on the search's settings
+        label = f"{label}|{search_key(task, SEARCHED[label], args)}"
     return f"{task}|{label}|shots{args.shots}|ep{args.epochs}|{args.model}|seed{seed}"
 
 
-def search_key(task: str, folds: int, args: argparse.Namespace) -> str:
-    return (f"{task}|cv{folds}|shots{args.shots}|n{args.search_samples}|"
-            f"ep{args.search_epochs}|{args.model}")
+def search_key(task: str, method: str, args: argparse.Namespace) -> str:
+    return (f"{task}|{method}|draws{args.split_draws}|rerank{args.rerank_top}x"
+            f"{args.rerank_draws}|shots{args.shots}|n{args.search_samples}|ep{args.epochs}|"
+            f"{args.model}|seed{args.search_seed}")
 
 
-def searched_label(folds: int) -> str:
-    return f"InfoPrompt, searched (--cv-folds {folds})"
+# label -> the method searched; its row trains the config the search returns.
+SEARCHED = {"InfoPrompt, searched": "infoprompt",
+            "γ = 0, β = 0 (pred_only), searched": "pred_only"}
 
 
 def selected(label: str, method: str | None, args: argparse.Namespace) -> bool:
@@ -183,7 +203,7 @@ def selected(label: str, method: str | None, args: argparse.Namespace) -> bool:
         keys.add(method)
     if label == PROBE:
         keys.add("probe")
-    if label.startswith("InfoPrompt, searched"):
+    if label in SEARCHED:
         keys.add("search")
     return bool(keys & set(args.rows))
 
@@ -193,7 +213,9 @@ def selected(label: str, method: str | None, args: argparse.Namespace) -> bool:
 
 # Every row is compared with these, seed by seed (the same seed draws the same splits).
 REFERENCES = {"InfoPrompt": "InfoPrompt (bilinear critic, paper defaults)",
-              "pred_only": "γ = 0, β = 0 (pred_only)"}
+              "our default": "InfoPrompt, in-batch negatives (our default)",
+              "pred_only": "γ = 0, β = 0 (pred_only)",
+              "searched pred_only": "γ = 0, β = 0 (pred_only), searched"}
 
 
 def per_seed(store: Store, task: str, label: str, args: argparse.Namespace) -> list[float]:
@@ -262,17 +284,21 @@ def markdown(store: Store, table: dict[str, Any], labels: list[str],
                                        .get(name)) for t in tasks for name in REFERENCES]
         paired_lines.append("| " + " | ".join(cells) + " |")
     searches = []
+    def shown(config: dict[str, Any]) -> str:
+        return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                         for k, v in sorted(config.items()))
+
     for task in tasks:
-        for folds in args.cv_folds:
-            found = store.data["searches"].get(search_key(task, folds, args))
+        for method in SEARCHED.values():
+            found = store.data["searches"].get(search_key(task, method, args))
             if found:
-                config = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                   for k, v in sorted(found["best_config"].items()))
                 searches.append(
-                    f"- {TASK_TITLE.get(task, task)}, --cv-folds {folds}: best valid "
-                    f"{found['best_valid_metric']:.4f} with {config} ({found['trials']} trials, "
-                    f"{found['stopped_early']} stopped by ASHA, {found['trial_epochs']} "
-                    f"trial-epochs, {found['seconds'] / 60:.1f} min)")
+                    f"- {TASK_TITLE.get(task, task)}, {method}: returned "
+                    f"{shown(found['returned_config'])}; best valid "
+                    f"{found['best_valid_metric']:.4f} with {shown(found['best_config'])} "
+                    f"({found['trials']} trials, {found['stopped_early']} stopped by ASHA, "
+                    f"{found['trial_epochs']} trial-epochs, {found['seconds'] / 60:.1f} min). "
+                    f"Re-rank: {found['decision'] or 'none (--rerank-top 0)'}.")
     return "\n".join([
         "## Few-shot methods table (`bench/methods_table.py`)", "",
         f"Test metric (GLUE dev; CoLA: Matthews corr., SST-2: accuracy), mean ± std over "
@@ -292,10 +318,14 @@ def markdown(store: Store, table: dict[str, Any], labels: list[str],
         "GLUE dev. Linear "
         "probe: sklearn LogisticRegression on the stored prompt-free mean-pooled features P', "
         "C ∈ {0.01, 0.1, 1, 10, 100} chosen on valid, trained on train. Searched rows: "
-        f"`tune/search.py` (Optuna TPE + ASHA, {args.search_samples} trials of at most "
-        f"{args.search_epochs} epochs, grace 2, reduction 3, paper defaults as the first trial, "
-        "--final-seeds 0) on seed 0's train/valid — it never sees test — then its best config "
-        f"is trained for {args.epochs} epochs on every seed like the other rows. The paper's "
+        f"`tune/search.py --method infoprompt` and, as its control, `--method pred_only` "
+        f"(Optuna TPE + ASHA, {args.search_samples} trials of at most {args.epochs} epochs — "
+        "the rows' epochs and schedule — grace 2, reduction 3, paper defaults as the first "
+        f"trial, --split-draws {args.split_draws}, then the re-rank of its top "
+        f"{args.rerank_top} against the default on {args.rerank_draws} further draws, "
+        f"--final-seeds 0) on split seeds from {args.search_seed} on, which the rows never use "
+        "— it never sees test — then the config it returns is trained on every seed like the "
+        "other rows. The paper's "
         "γ = 0 row keeps β = 0.05 and its β = 0 row γ = 0.1; ours keep the defaults (β 0.1, "
         "γ 0.05).", "",
         "Searches:", *searches, "",
@@ -328,14 +358,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     # 1. Searches (Ray uses every core: nothing else runs meanwhile).
     storage = args.storage_path or tempfile.mkdtemp(prefix="bench-methods-ray-")
-    searched = [folds for folds in args.cv_folds if selected(searched_label(folds), None, args)]
+    searched = [label for label in SEARCHED if selected(label, None, args)]
     for task in args.tasks:
-        for folds in searched:
-            key = search_key(task, folds, args)
+        for label in searched:
+            key = search_key(task, SEARCHED[label], args)
             if key not in store.data["searches"]:
-                store.data["searches"][key] = run_search(args, task, folds, storage)
+                store.data["searches"][key] = run_search(args, task, SEARCHED[label], storage)
                 store.save()
-    labels += [searched_label(folds) for folds in searched]
+    labels += searched
 
     # 2. Linear probes (seconds, in this process).
     if PROBE in labels:
@@ -357,9 +387,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 method, overrides = FIXED_ROWS[label]
                 params = {"method": method, **overrides}
             else:
-                folds = int(label.rsplit(" ", 1)[1].rstrip(")"))
-                params = {"method": "infoprompt",
-                          **store.data["searches"][search_key(task, folds, args)]["best_config"]}
+                found = store.data["searches"][search_key(task, SEARCHED[label], args)]
+                params = {"method": SEARCHED[label], **found["returned_config"]}
             for seed in range(args.seeds):
                 key = run_key(task, label, seed, args)
                 jobs[key] = base.replace(**params, seed=seed).to_dict()
@@ -380,7 +409,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                        for label, row in table.items()},
                "paired": {label: {t: s["paired"] for t, s in row.items()}
                           for label, row in table.items()},
-               "searches": {k: {"best_config": v["best_config"],
+               "searches": {k: {"returned_config": v.get("returned_config"),
+                                "best_config": v["best_config"],
                                 "best_valid_metric": v["best_valid_metric"]}
                             for k, v in store.data["searches"].items()},
                "wall_s": round(wall, 1), "results": str(args.results)}

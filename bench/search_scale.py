@@ -129,7 +129,8 @@ def run_search(args: argparse.Namespace, concurrency: int, storage: str, *,
     command = [sys.executable, str(ROOT / "tune" / "search.py"), "--task", args.task,
                "--shots", str(args.shots), "--model", "minilm", "--cache-dir", args.cache_dir,
                "--num-samples", str(args.num_samples), "--epochs", str(args.epochs),
-               "--grace-period", str(args.epochs), "--final-seeds", "0", "--seed", "0",
+               "--grace-period", str(args.epochs), "--final-seeds", "0", "--rerank-top", "0",
+               "--seed", "0",
                "--max-concurrent", str(concurrency), "--cpus-per-trial", f"{cpus_per_trial:g}",
                "--storage-path", storage, "--name", name, *extra]
     if args.task != "demo" and args.data_dir:

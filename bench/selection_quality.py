@@ -1,9 +1,11 @@
 """Selection quality: which `--objective` picks configurations that do best on test.
 
 For each task (64-shot SST-2 and CoLA by default) and each objective, tune/search.py runs on
-seed 0's split (valid only: --final-seeds 0), with the same budget, sampler seed and space.
-The configuration each search selects is then trained from scratch on seeds 0..N-1 (each
-seed draws its own train/valid split, the same for every objective) and scored once on test.
+split seed --search-seed (valid only: --final-seeds 0; no re-rank, --rerank-top 0, so that
+the objective alone selects), with the same budget, sampler seed and space. The configuration
+each search selects is then trained from scratch, with the search's epochs and schedule, on
+seeds 0..N-1 (each seed draws its own train/valid split, the same for every objective, none
+the search's) and scored once on test.
 Objectives are compared seed by seed against `best` (the default) and against the paper's
 default configuration: mean paired difference with its Student-t 95% CI.
 """
@@ -36,9 +38,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shots", type=int, default=64)
     parser.add_argument("--model", default="minilm")
     parser.add_argument("--search-samples", type=int, default=16)
-    parser.add_argument("--search-epochs", type=int, default=10)
+    parser.add_argument("--search-seed", type=int, default=100,
+                        help="the searches' split seed, not one of --seeds (default: 100)")
     parser.add_argument("--seeds", type=int, default=3, help="final seeds 0..N-1 (default: 3)")
-    parser.add_argument("--epochs", type=int, default=30, help="epochs of each final fit")
+    parser.add_argument("--epochs", type=int, default=10,
+                        help="epochs of each search trial and of each final fit (default: 10)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--storage-path", default=None,
                         help="where the searches keep their Ray results (default: a temp dir)")
@@ -47,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.smoke:
         args.tasks, args.shots, args.seeds, args.epochs = ["demo"], 16, 2, 1
-        args.search_samples, args.search_epochs = 3, 1
+        args.search_samples = 3
         args.objectives = ["best", "loglik"]
         args.results = Path(tempfile.mkdtemp(prefix="bench-selection-")) / "results.json"
         args.no_write = True
@@ -56,7 +60,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def search_key(task: str, objective: str, args: argparse.Namespace) -> str:
     return (f"{task}|{objective}|shots{args.shots}|n{args.search_samples}|"
-            f"ep{args.search_epochs}|{args.model}")
+            f"ep{args.epochs}|{args.model}|seed{args.search_seed}")
 
 
 def selected(store: Store, task: str, label: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -77,10 +81,11 @@ def run_search(args: argparse.Namespace, task: str, objective: str,
     from tune.settings import SearchSettings
 
     started = time.perf_counter()
-    cfg = bench_config(args, task=task, shots=args.shots, seed=0, epochs=args.search_epochs)
+    cfg = bench_config(args, task=task, shots=args.shots, seed=args.search_seed,
+                       epochs=args.epochs)
     name = f"bench-selection-{task}-{objective}-{time.strftime('%Y%m%d-%H%M%S')}"
     settings = SearchSettings(config=cfg, num_samples=args.search_samples,
-                              grace_period=min(2, args.search_epochs), final_seeds=0,
+                              grace_period=min(2, args.epochs), final_seeds=0, rerank_top=0,
                               objective=objective, storage_path=storage, name=name)
     summary = search(settings)["summary"]
     return {"best_config": summary.best_config, "best_objective": summary.best_objective,
@@ -129,10 +134,11 @@ def markdown(store: Store, results: dict[str, Any], args: argparse.Namespace,
              wall: float) -> str:
     lines = ["## Selection quality: which objective selects well "
              "(`bench/selection_quality.py`)", "",
-             f"{args.shots}-shot, MiniLM. Each objective's search: tune/search.py on seed 0's "
-             f"split, {args.search_samples} trials of at most {args.search_epochs} epochs "
-             "(TPE + ASHA, the same sampler seed and space), valid only. Its selected config is "
-             f"then trained for {args.epochs} epochs on seeds 0..{args.seeds - 1} and scored on "
+             f"{args.shots}-shot, MiniLM. Each objective's search: tune/search.py on split seed "
+             f"{args.search_seed}, {args.search_samples} trials of at most {args.epochs} epochs "
+             "(TPE + ASHA, the same sampler seed and space, no re-rank), valid only. Its "
+             f"selected config is then trained for the same {args.epochs} epochs on seeds "
+             f"0..{args.seeds - 1} and scored on "
              "test (GLUE dev). Paired columns: row − reference on the same seeds, mean and "
              "Student-t 95% CI; 'better'/'worse' only when the interval excludes 0.", ""]
     for task, rows in results.items():

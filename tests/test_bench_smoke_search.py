@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 HEADLINE_KEYS = {
     "methods_table.py": {"tasks", "seeds", "epochs", "mean", "std", "paired", "searches",
                          "wall_s"},
-    "search_efficiency.py": {"ratio", "mean_ratio", "target", "met", "per_seed", "plot", "wall_s"},
+    "search_quality.py": {"paired", "rows", "json", "plot", "wall_s"},
     "search_scale.py": {"runs", "speedup", "memory_ratio", "load_before", "wall_s"},
     "selection_quality.py": {"tasks", "objectives", "seeds", "results", "wall_s"},
     "peers.py": {"step_ms", "ratio_peft_over_ours", "ratio_two_pass_over_ours", "test_metric",

@@ -134,7 +134,7 @@ def search_args(cluster: RayCluster, storage: Path, name: str, *, samples: int, 
                 cache: Path | None = None, extra: tuple[str, ...] = ()) -> list[str]:
     # grace period = epochs: ASHA stops nobody, so every trial's end state is "completed".
     return ["--task", "demo", "--shots", "16", "--num-samples", str(samples),
-            "--epochs", str(epochs), "--grace-period", str(epochs), "--final-seeds", "0",
+            "--epochs", str(epochs), "--grace-period", str(epochs), "--final-seeds", "0", "--rerank-top", "0",
             "--address", cluster.address, "--storage-path", str(storage),
             "--cache-dir", str(cache or cluster.cache), "--name", name, *extra]
 

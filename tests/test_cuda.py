@@ -99,7 +99,7 @@ def test_a_trial_under_a_fractional_gpu_caps_its_memory(monkeypatch):
     try:
         with pytest.raises(RuntimeError, match="probe done"):
             trainable_module.trainable({}, base=InfoPromptConfig(task="demo", device="cuda"),
-                                       splits=None)
+                                       draws={0: None})
     finally:
         torch.set_num_threads(threads)
         torch.cuda.set_per_process_memory_fraction(1.0, 0)

@@ -91,7 +91,7 @@ def test_final_stats():
 
 
 def test_write_json(tmp_path: Path):
-    final = {"best": {"config": {"lr": 2e-3}, "seeds": [0, 1], **final_stats([0.7, 0.9])},
+    final = {"returned": {"config": {"lr": 2e-3}, "seeds": [0, 1], **final_stats([0.7, 0.9])},
              "default": {"config": {"lr": 1e-3}, "seeds": [0, 1], **final_stats([0.6, 0.6])}}
     rows = [row("a", 0.6), row("b", 0.8, lr=2e-3), row("c", 0.4, status="stopped early",
                                                         epochs=1),
@@ -104,8 +104,8 @@ def test_write_json(tmp_path: Path):
     assert body["best_config"] == {"lr": 2e-3, "k_negatives": 32}
     assert body["best_objective"] == body["best_valid_metric"] == 0.8
     assert body["stopped_early"] == 1
-    assert body["final"]["best"]["per_seed"] == [0.7, 0.9]
-    assert body["final"]["best"]["mean"] == pytest.approx(0.8)
+    assert body["final"]["returned"]["per_seed"] == [0.7, 0.9]
+    assert body["final"]["returned"]["mean"] == pytest.approx(0.8)
     assert body["final"]["default"]["std"] == 0.0
     assert [t["trial_id"] for t in body["trials"]] == ["a", "b", "c", "d"]
     assert body["trials"][2] == {"trial_id": "c", "config": {"lr": 1e-3, "k_negatives": 32},
@@ -117,7 +117,7 @@ def test_write_json(tmp_path: Path):
 
 def paired_final(best: list[float], default: list[float]) -> dict:
     seeds = list(range(len(best)))
-    final = {"best": {"config": {"lr": 2e-3}, "seeds": seeds, **final_stats(best)},
+    final = {"returned": {"config": {"lr": 2e-3}, "seeds": seeds, **final_stats(best)},
              "default": {"config": {"lr": 1e-3}, "seeds": seeds, **final_stats(default)}}
     return {**final, **final_comparison(best, default)}
 
@@ -128,14 +128,14 @@ def test_write_markdown(tmp_path: Path):
             row("b", 0.8, lr=2e-3), row("c", 0.4, status="stopped early", epochs=1)]
     write_markdown(summary_of(rows, final), tmp_path / "results.md")
     text = (tmp_path / "results.md").read_text()
-    assert ("Best objective (best: the best valid metric over the epochs so far): **0.8000** "
+    assert ("Best objective in the search (best: the best valid metric over the epochs so far): **0.8000** "
             "with k_negatives=32, lr=0.002") in text
     # Seed by seed, then the paired difference with its CI, and words that follow the CI.
     assert "| 0 | 0.7000 | 0.6000 | +0.1000 |" in text
     assert "| 2 | 0.8000 | 0.7500 | +0.0500 |" in text
     paired = final["paired"]
     assert paired["ci"][0] < 0 < paired["ci"][1]  # [0.1, 0.05, 0.05]: too few seeds to say
-    assert (f"Best − default, paired over 3 seeds (the same splits): +0.0667, 95% CI "
+    assert (f"Returned − default, paired over 3 seeds (the same splits): +0.0667, 95% CI "
             f"[{paired['ci'][0]:+.4f}, {paired['ci'][1]:+.4f}]: **no difference shown**") in text
     assert "better" not in text
     assert "## Trials (4, 1 stopped early by ASHA)" in text
@@ -150,16 +150,16 @@ def test_the_words_say_better_only_when_the_interval_excludes_zero(tmp_path: Pat
     final = paired_final([0.70, 0.72, 0.71, 0.73, 0.70], [0.60, 0.61, 0.63, 0.62, 0.60])
     write_markdown(summary_of([row("a", 0.6)], final), tmp_path / "results.md")
     assert final["paired"]["ci"][0] > 0
-    assert "the best config is **better** than the default" in \
+    assert "the returned config is **better** than the default" in \
         (tmp_path / "results.md").read_text()
 
 
 def test_a_best_that_is_the_default_is_not_compared_with_itself(tmp_path: Path):
     final = paired_final([0.7, 0.8], [0.7, 0.8])
-    final["default"]["config"] = final["best"]["config"]
+    final["default"]["config"] = final["returned"]["config"]
     write_markdown(summary_of([row("a", 0.6)], final), tmp_path / "results.md")
     text = (tmp_path / "results.md").read_text()
-    assert "The search's best configuration is the default one" in text
+    assert "The returned configuration is the default one" in text
     assert "## Test accuracy (the task's test split), re-trained from scratch" in text  # demo
     assert "| mean ± std | 0.7500 ± 0.0707 |" in text
 

@@ -131,6 +131,7 @@ def test_tiny_search_end_to_end(tmp_path, cache_dir):
     started = time.perf_counter()
     done = search("--task", "demo", "--shots", "32", "--num-samples", str(samples),
                   "--epochs", str(epochs), "--grace-period", "1", "--reduction-factor", "2",
+                  "--rerank-top", "1", "--rerank-draws", "2",
                   "--final-seeds", str(seeds), "--storage-path", str(tmp_path),
                   "--cache-dir", str(cache_dir), "--name", "tiny")
     assert done.returncode == 0, tail(done)
@@ -191,22 +192,43 @@ def test_tiny_search_end_to_end(tmp_path, cache_dir):
     assert sampler["n_startup_trials"] == 2 and sampler["multivariate"] is True
     assert set(results["search"]["versions"]) == {"optuna", "ray"}
 
-    # Final evaluation: best and default, re-trained on the requested seeds.
-    assert set(results["final"]) == {"best", "default", "paired"}
+    # Split seeds: the search's draw 0, the re-rank's 1-2, the final evaluation's 3-4.
+    assert results["split_seeds"] == {"search": [0], "rerank": [1, 2], "final": [3, 4]}
+    # Re-rank: the default and the search's best other config on the re-rank's draws, scored
+    # by the objective on valid; the decision follows the paired interval.
+    rerank = results["rerank"]
+    assert rerank["seeds"] == [1, 2] and rerank["rows"][0]["label"] == "default"
+    challenger = max((t for t in trials if t["config"] != PAPER_DEFAULT),
+                     key=lambda t: t["objective"])
+    assert [r["config"] for r in rerank["rows"]] == [PAPER_DEFAULT, challenger["config"]]
+    row = rerank["rows"][1]
+    assert row["label"] == challenger["trial_id"] and len(row["per_seed"]) == 2
+    assert row["vs_default"]["per_seed"] == pytest.approx(
+        [c - d for c, d in zip(row["per_seed"], rerank["rows"][0]["per_seed"])])
+    returned = challenger["config"] if row["resolved_better"] else PAPER_DEFAULT
+    assert results["returned_config"] == returned
+    assert rerank["decision"]["returned"] == (challenger["trial_id"] if row["resolved_better"]
+                                              else "default")
+    markdown = (experiment / "results.md").read_text()
+    assert "## Re-rank on split seeds 1, 2" in markdown and "**Decision:**" in markdown
+
+    # Final evaluation: returned and default, re-trained on the final seeds.
+    assert set(results["final"]) == {"returned", "default", "paired"}
     assert results["final"]["default"]["config"] == PAPER_DEFAULT
-    assert results["final"]["best"]["config"] == results["best_config"]
-    for stats in (results["final"]["best"], results["final"]["default"]):
-        assert stats["seeds"] == list(range(seeds))
+    assert results["final"]["returned"]["config"] == results["returned_config"]
+    for stats in (results["final"]["returned"], results["final"]["default"]):
+        assert stats["seeds"] == [3, 4]
         assert len(stats["per_seed"]) == seeds
         assert all(0 <= v <= 1 for v in stats["per_seed"])
         assert stats["mean"] == pytest.approx(sum(stats["per_seed"]) / seeds)
         assert stats["std"] == pytest.approx(
             math.sqrt(sum((v - stats["mean"]) ** 2 for v in stats["per_seed"]) / (seeds - 1)))
-    distinct = 1 if results["best_config"] == PAPER_DEFAULT else 2
-    assert f"final evaluation: {distinct} configs x {seeds} seeds" in done.stdout
+    distinct = 1 if results["returned_config"] == PAPER_DEFAULT else 2
+    assert f"final evaluation: {distinct} configs x {seeds} split seeds [3, 4]" in done.stdout
     # Paired on the same seeds: per-seed differences, their mean and 95% CI, and the words.
     paired = results["final"]["paired"]
-    best_seeds, default_seeds = (results["final"][k]["per_seed"] for k in ("best", "default"))
+    best_seeds, default_seeds = (results["final"][k]["per_seed"]
+                                 for k in ("returned", "default"))
     assert paired["per_seed"] == pytest.approx([b - d for b, d in zip(best_seeds,
                                                                        default_seeds)])
     low, high = paired["ci"]
@@ -214,7 +236,7 @@ def test_tiny_search_end_to_end(tmp_path, cache_dir):
     assert paired["verdict"] == ("better" if low > 0 else "worse" if high < 0
                                  else "no difference shown")
     if distinct == 2:
-        assert "Best − default, paired over 2 seeds" in done.stdout
+        assert "Returned − default, paired over 2 seeds" in done.stdout
 
     # TensorBoard, per trial: the training scalars and the HParams summary.
     for t in trials:
@@ -236,8 +258,9 @@ def test_tiny_search_end_to_end(tmp_path, cache_dir):
         assert last_scalar(tags, "objective/objective") == pytest.approx(t["objective"])
     print(f"\ntiny search: {time.perf_counter() - started:.0f}s; epochs per trial "
           f"{[t['epochs'] for t in trials]}, {len(stopped)} stopped by ASHA; best "
-          f"{results['best_valid_metric']:.3f}; final best {results['final']['best']['per_seed']}"
-          f", default {results['final']['default']['per_seed']}")
+          f"{results['best_valid_metric']:.3f}; final returned "
+          f"{results['final']['returned']['per_seed']}, default "
+          f"{results['final']['default']['per_seed']}")
 
 
 # --- 2. driver killed, then --resume --------------------------------------------------------
@@ -287,7 +310,7 @@ def result_lines(trial: Path) -> int:
 def test_killed_driver_then_resume_keeps_finished_trials(tmp_path, cache_dir):
     name, samples, epochs = "resume", 6, 3
     args = ["--task", "demo", "--shots", "16", "--num-samples", str(samples),
-            "--epochs", str(epochs), "--grace-period", "1", "--final-seeds", "0",
+            "--epochs", str(epochs), "--grace-period", "1", "--final-seeds", "0", "--rerank-top", "0",
             "--max-concurrent", "2", "--storage-path", str(tmp_path), "--name", name]
     experiment = tmp_path / name
     log = (tmp_path / "first.log").open("w")
@@ -419,7 +442,8 @@ def driver_output(text: str) -> str:
 def test_ctrl_c_stops_the_search_and_the_printed_command_finishes_it(tmp_path, cache_dir):
     name, samples, epochs = "ctrl-c", 4, 3
     args = ["--task", "demo", "--shots", "16", "--num-samples", str(samples), "--epochs",
-            str(epochs), "--grace-period", "1", "--final-seeds", "1", "--max-concurrent", "2"]
+            str(epochs), "--grace-period", "1", "--final-seeds", "1", "--rerank-top", "0",
+            "--max-concurrent", "2"]
     driver, experiment, out, err = interrupted_search(tmp_path, cache_dir, name, args)
     try:
         wait_for_a_report(driver, experiment, err)
@@ -462,7 +486,7 @@ def test_ctrl_c_stops_the_search_and_the_printed_command_finishes_it(tmp_path, c
     assert len(results["trials"]) == samples
     assert {t["status"] for t in results["trials"]} <= {"completed", "stopped early"}, \
         results["trials"]
-    assert set(results["final"]) == {"best", "default", "paired"}
+    assert set(results["final"]) == {"returned", "default", "paired"}
     assert all(s["status"] == "TERMINATED" for s in experiment_state(experiment).values())
     assert all((experiment / f).exists() for f in FINAL_FILES)
 
@@ -474,7 +498,8 @@ def test_a_second_ctrl_c_still_ends_in_the_resume_line(tmp_path, cache_dir):
     handles only the first): a KeyboardInterrupt from inside Tuner.fit."""
     name = "ctrl-c-twice"
     args = ["--task", "demo", "--shots", "16", "--num-samples", "4", "--epochs", "3",
-            "--grace-period", "1", "--final-seeds", "1", "--max-concurrent", "2"]
+            "--grace-period", "1", "--final-seeds", "1", "--rerank-top", "0",
+            "--max-concurrent", "2"]
     driver, experiment, out, err = interrupted_search(tmp_path, cache_dir, name, args)
     try:
         wait_for_a_report(driver, experiment, err)
@@ -542,7 +567,7 @@ def test_diverging_trials_fail_without_stopping_the_search(tmp_path, cache_dir):
     # and on a loaded machine that copy can predate the last reported epoch, so the restarted
     # trial's curve would lose it (ray/tune/logger/csv.py, _setup_trial).
     done = search("--task", "demo", "--shots", "16", "--num-samples", "4", "--epochs", "2",
-                  "--grace-period", "2", "--final-seeds", "0", "--max-failures", "0",
+                  "--grace-period", "2", "--final-seeds", "0", "--rerank-top", "0", "--max-failures", "0",
                   "--lr-range", "1e-3", "1e30", "--storage-path", str(tmp_path),
                   "--cache-dir", str(cache_dir), "--name", "nan")
     assert done.returncode == 0, tail(done)
@@ -631,7 +656,7 @@ def dashboard_trials(storage_url: str, name: str) -> list[dict]:
 @pytest.mark.timeout(900)
 def test_warm_start_and_the_dashboard(tmp_path, cache_dir):
     common = ["--task", "demo", "--shots", "16", "--epochs", "1", "--grace-period", "1",
-              "--final-seeds", "0", "--max-concurrent", "1", "--storage-path", str(tmp_path),
+              "--final-seeds", "0", "--rerank-top", "0", "--max-concurrent", "1", "--storage-path", str(tmp_path),
               "--cache-dir", str(cache_dir)]
     first = search(*common, "--num-samples", "3", "--name", "first")
     assert first.returncode == 0, tail(first)
@@ -695,8 +720,7 @@ def shared_study(tmp_path_factory) -> str:
     (["--storage-path", "s3://infoprompt-test-no-such-bucket-7f3c/results"],
      "--storage-path s3://infoprompt-test-no-such-bucket-7f3c/results cannot be reached or "
      "written"),
-    # 16 shots: 8 per class in train and 8 in valid, so 16 per class in the pool.
-    (["--cv-folds", "17"], "--cv-folds 17: needs 2 <= folds <= 16"),
+    (["--rerank-draws", "1"], "--rerank-draws must be >= 2 for a paired test, got 1"),
     (["--max-length", "2048"], "--max-length 2048 is more than minilm takes (512 tokens)"),
     # A shared study database: a name taken there, and one that cannot be opened.
     (["--optuna-storage", "{shared}", "--name", "taken"],
@@ -715,7 +739,7 @@ def shared_study(tmp_path_factory) -> str:
         "gpu-without-gpu",
         "unreachable-address", "unreachable-ray-client", "resume-nothing",
         "resume-unknown-name", "unknown-flag", "storage-under-a-file", "storage-unwritable",
-        "storage-unreachable-uri", "cv-folds-above-a-class", "max-length-above-encoder",
+        "storage-unreachable-uri", "rerank-draws-below-2", "max-length-above-encoder",
         "study-name-taken", "study-storage-unreachable", "study-url-malformed",
         "study-url-no-colon", "negative-range", "searched-field-flag",
         "warm-start-missing-absolute"])

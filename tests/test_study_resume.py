@@ -24,7 +24,8 @@ from tune_state import experiment_state, progress, read_results
 
 EPOCHS, SAMPLES = 4, 6
 ARGS = ["--task", "demo", "--shots", "16", "--epochs", str(EPOCHS), "--grace-period", "1",
-        "--num-samples", str(SAMPLES), "--final-seeds", "1", "--max-concurrent", "2"]
+        "--num-samples", str(SAMPLES), "--final-seeds", "1", "--rerank-top", "0",
+        "--max-concurrent", "2"]
 
 
 def tree_digest(folder: Path) -> dict[str, str]:

@@ -15,8 +15,9 @@ from typing import Any, NamedTuple
 from infoprompt.errors import InfoPromptError
 from infoprompt.tasks import get_task
 
-__all__ = ["Summary", "TrialRow", "final_comparison", "final_stats", "final_table", "summarize",
-           "trial_rows", "tune_statuses", "write_json", "write_markdown"]
+__all__ = ["Summary", "TrialRow", "final_comparison", "final_stats", "final_table",
+           "rerank_table", "summarize", "trial_rows", "tune_statuses", "write_json",
+           "write_markdown"]
 
 
 class TrialRow(NamedTuple):
@@ -39,8 +40,15 @@ class Summary(NamedTuple):
     best_objective: float
     best_valid_metric: float | None
     trials: list[TrialRow]
-    final: dict[str, Any]  # "best" / "default" -> per seed, mean, std; "paired": best − default
-    search: dict[str, Any] = {}  # objective, sampler, scheduler, versions
+    final: dict[str, Any]  # "returned" / "default" -> per seed, mean, std; "paired": the
+    # returned − default
+    search: dict[str, Any] = {}  # objective, sampler, scheduler, split seeds, versions
+    rerank: dict[str, Any] = {}  # tune/rerank.py's table and decision; empty: no re-rank
+
+    @property
+    def returned_config(self) -> dict[str, Any]:
+        """What the search hands back: the re-rank's decision, else the search's best."""
+        return self.rerank["decision"]["config"] if self.rerank else self.best_config
 
     @property
     def stopped_early(self) -> int:
@@ -96,12 +104,12 @@ def final_stats(per_seed: list[float]) -> dict[str, Any]:
             "diverged": len(per_seed) - len(finite)}
 
 
-def final_comparison(best: list[float], default: list[float]) -> dict[str, Any]:
-    """The best config against the default on the same seeds (the same splits): the paired
-    differences, their mean and 95% CI, and the words the interval allows."""
+def final_comparison(returned: list[float], default: list[float]) -> dict[str, Any]:
+    """The returned config against the default on the same seeds (the same splits): the
+    paired differences, their mean and 95% CI, and the words the interval allows."""
     from infoprompt.metrics import paired_difference
 
-    return {"paired": {"of": "best - default", **paired_difference(best, default)}}
+    return {"paired": {"of": "returned - default", **paired_difference(returned, default)}}
 
 
 def summarize(*, task: str, metric: str, method: str, trials: list[TrialRow],
@@ -123,8 +131,11 @@ def write_json(summary: Summary, path: Path) -> None:
     body = {
         "task": summary.task, "metric": summary.metric, "method": summary.method,
         "objective": summary.search.get("objective"),
+        "returned_config": summary.returned_config,
         "best_config": summary.best_config, "best_objective": summary.best_objective,
         "best_valid_metric": summary.best_valid_metric,
+        "split_seeds": summary.search.get("split_seeds"),
+        "rerank": summary.rerank,
         "final": summary.final,
         "search": summary.search,
         "trials": [t._asdict() for t in summary.trials],
@@ -140,45 +151,91 @@ def _fmt(value: Any) -> str:
 
 
 VERDICTS = {
-    "better": "the best config is **better** than the default on test (the interval lies above 0)",
-    "worse": "the best config is **worse** than the default on test (the interval lies below 0)",
+    "better": "the returned config is **better** than the default on test (the interval lies "
+              "above 0)",
+    "worse": "the returned config is **worse** than the default on test (the interval lies "
+             "below 0)",
     "no difference shown": "**no difference shown** (the interval holds 0)",
 }
 
 
 def final_table(summary: Summary) -> list[str]:
-    """Markdown: best vs default, seed by seed, with the paired difference and its CI."""
+    """Markdown: returned vs default, seed by seed, with the paired difference and its CI."""
     final = summary.final
-    best, default = final.get("best"), final.get("default")
+    best, default = final.get("returned"), final.get("default")
     if not best:
         return []
     test = "GLUE dev" if get_task(summary.task).glue_name else "the task's test split"
-    lines = [f"## Test {summary.metric} ({test}), re-trained from scratch", ""]
+    lines = [f"## Test {summary.metric} ({test}), re-trained from scratch on split seeds "
+             f"{_seeds(best['seeds'])}", ""]
     if default is None or default["config"] == best["config"]:
-        lines += ["The search's best configuration is the default one: nothing to compare.", "",
+        lines += ["The returned configuration is the default one: nothing to compare.", "",
                   "| seed | test |", "|---|---|"]
         lines += [f"| {seed} | {v:.4f} |" for seed, v in zip(best["seeds"], best["per_seed"])]
         return lines + [f"| mean ± std | {best['mean']:.4f} ± {best['std']:.4f} |", ""]
     paired = final["paired"]
-    lines += ["| seed | best | default | best − default |", "|---|---|---|---|"]
+    lines += ["| seed | returned | default | returned − default |", "|---|---|---|---|"]
     for seed, b, d in zip(best["seeds"], best["per_seed"], default["per_seed"]):
         lines.append(f"| {seed} | {b:.4f} | {d:.4f} | {b - d:+.4f} |")
     low, high = paired["ci"]
     lines += [f"| mean ± std | {best['mean']:.4f} ± {best['std']:.4f} | "
               f"{default['mean']:.4f} ± {default['std']:.4f} | {paired['mean']:+.4f} |", "",
-              f"Best − default, paired over {paired['n']} seeds (the same splits): "
+              f"Returned − default, paired over {paired['n']} seeds (the same splits): "
               f"{paired['mean']:+.4f}, 95% CI [{low:+.4f}, {high:+.4f}]: "
               f"{VERDICTS[paired['verdict']]}.", ""]
     return lines
 
 
+def _seeds(seeds: list[int]) -> str:
+    return f"{seeds[0]}–{seeds[-1]}" if len(seeds) > 2 else ", ".join(map(str, seeds))
+
+
+def _config(config: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(config.items()))
+
+
+def _returned(summary: Summary) -> str:
+    if not summary.rerank:
+        return "the search's best, not re-ranked"
+    label = summary.rerank["decision"]["returned"]
+    return ("the paper's default, kept by the re-rank" if label == "default" else
+            f"trial {label}, which beat the default in the re-rank")
+
+
+def rerank_table(summary: Summary) -> list[str]:
+    """Markdown: the re-rank's configs on its draws, each challenger against the default."""
+    rerank = summary.rerank
+    if not rerank:
+        return []
+    seeds = rerank["seeds"]
+    lines = [f"## Re-rank on split seeds {_seeds(seeds)} (the search never saw them)", "",
+             f"Objective on each draw's valid split; {rerank['test']}.", "",
+             "| config | search objective | " + " | ".join(f"seed {s}" for s in seeds)
+             + " | mean | − default [CI] |", "|---" * (len(seeds) + 4) + "|"]
+    for row in rerank["rows"]:
+        paired = row.get("vs_default")
+        diff = "–" if paired is None else (
+            f"{paired['mean']:+.4f} [{paired['ci'][0]:+.4f}, {paired['ci'][1]:+.4f}]"
+            + (" **resolved**" if row["resolved_better"] else ""))
+        cells = [f"{row['label']}: {_config(row['config'])}", _fmt(row.get("search_objective"))]
+        cells += [_fmt(v) for v in row["per_seed"]] + [_fmt(row["mean"]), diff]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + ["", f"**Decision:** {rerank['decision']['reason']}.", ""]
+
+
 def write_markdown(summary: Summary, path: Path) -> None:
     names = sorted({k for t in summary.trials for k in t.config})
     objective = summary.search.get("objective") or {}
+    seeds = summary.search.get("split_seeds") or {}
     lines = [f"# Search: {summary.task}, {summary.method}", "",
-             f"Best objective ({objective.get('name', 'objective')}: "
+             f"**Returned:** {_config(summary.returned_config)} ({_returned(summary)})", "",
+             f"Best objective in the search ({objective.get('name', 'objective')}: "
              f"{objective.get('definition', '')}): **{summary.best_objective:.4f}** with "
-             + ", ".join(f"{k}={_fmt(v)}" for k, v in sorted(summary.best_config.items())), ""]
+             + _config(summary.best_config), ""]
+    if seeds:
+        lines += ["Split seeds: " + "; ".join(f"{stage} {_seeds(s) if s else 'none'}"
+                                              for stage, s in seeds.items()), ""]
+    lines += rerank_table(summary)
     lines += final_table(summary)
     lines += [f"## Trials ({len(summary.trials)}, {summary.stopped_early} stopped early by ASHA)",
               "", "| trial | " + " | ".join(names) + " | epochs | objective | best valid | "

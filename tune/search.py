@@ -1,9 +1,11 @@
 """python tune/search.py --task cola --shots 64 [...]: find InfoPrompt's best hyperparameters.
 
 Optuna (TPE) proposes β, γ, K, lr and r (and τ for a bounded critic); ASHA stops poor
-trials early on the valid metric; the best configuration and the paper's default are then
-re-trained from scratch on --final-seeds seeds and scored on the test split, which the
-search never saw.
+trials early on the valid metric (the mean over --split-draws train/valid draws). The
+--rerank-top best configurations and the paper's default are then re-trained on further
+draws; a challenger is returned only if it beats the default there by a resolved margin,
+else the default is. The returned and the default configuration are finally re-trained on
+--final-seeds fresh draws and scored on the test split, which the search never saw.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from tune.interrupt import interrupted_message, sigint_watched, unfinished_trial
 from tune.settings import SearchSettings, add_settings_arguments, resumed, settings_from_args
 from tune.space import SPACE, add_space_arguments, flag, paper_point
 
-__all__ = ["final_evaluation", "main", "parse_args", "search"]
+__all__ = ["final_evaluation", "fit_on_seeds", "main", "parse_args", "rerank", "search"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -67,46 +69,83 @@ def check_gpus(settings: SearchSettings) -> None:
                                   "machine has no GPU; drop the flag to train on CPU")
 
 
-def final_evaluation(settings: SearchSettings,
-                     configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Re-train each config from scratch on seeds cfg.seed .. +final_seeds-1, test-scored,
-    as Ray tasks with the trials' resources."""
+def fit_on_seeds(settings: SearchSettings, configs: dict[str, dict[str, Any]],
+                 seeds: list[int], *, with_test: bool,
+                 stage: str = "re-training") -> dict[str, list[dict | None]]:
+    """Each config re-trained from scratch on each split seed (that seed's train/valid draw,
+    and its training seed), exactly as a trial trains (epochs, schedule), as Ray tasks with
+    the trials' resources. Identical configs are trained once; None where a run diverged."""
     import ray
 
     from infoprompt.store import load_splits
-    from tune.report import final_stats
     from tune.trainable import final_fit
 
     cfg = settings.config
-    seeds = [cfg.seed + i for i in range(settings.final_seeds)]
-    splits = {seed: ray.put(load_splits(cfg.replace(seed=seed))) for seed in seeds}
+    splits = {seed: ray.put(load_splits(cfg.replace(seed=seed), with_test=with_test))
+              for seed in seeds}
     remote = ray.remote(final_fit).options(num_cpus=settings.cpus_per_trial,
                                            num_gpus=settings.gpus_per_trial)
-    # Identical configs (the best may be the default) are trained once.
     distinct = {tuple(sorted(p.items())): p for p in configs.values()}
     jobs = {(key, seed): remote.remote(cfg.replace(**params, seed=seed), splits[seed])
             for key, params in distinct.items() for seed in seeds}
-    print(f"final evaluation: {len(distinct)} configs x {len(seeds)} seeds, "
-          f"{cfg.epochs} epochs each", flush=True)
-    scores = {key: _test_metric(job) for key, job in jobs.items()}
-    return {label: {"config": params, "seeds": seeds,
-                    **final_stats([scores[tuple(sorted(params.items())), seed]
-                                   for seed in seeds])}
+    print(f"{stage}: {len(distinct)} configs x {len(seeds)} split seeds {seeds}, "
+          f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} each", flush=True)
+    runs = {key: _finished(job) for key, job in jobs.items()}
+    return {label: [runs[tuple(sorted(params.items())), seed] for seed in seeds]
             for label, params in configs.items()}
 
 
-def _test_metric(job: Any) -> float:
-    """A seed whose re-training diverges scores NaN (final_stats counts it apart)."""
+def rerank(settings: SearchSettings, trials: list[Any]) -> dict[str, Any]:
+    """The --rerank-top best configs and the default on the re-rank's split seeds, scored by
+    the search's objective on each draw's valid split (never test); tune/rerank.py decides."""
+    from tune.objective import objective_value
+    from tune.rerank import DEFAULT, challengers, decide
+
+    default = paper_point(settings.config, settings.space)
+    top = challengers(trials, settings.rerank_top, default)
+    configs = {DEFAULT: default, **{label: t.config for label, t in top.items()}}
+    seeds = settings.split_seeds["rerank"]
+    runs = fit_on_seeds(settings, configs, seeds, with_test=False,
+                        stage=f"re-rank of the default and the search's {len(top)} best")
+    scores = {label: [objective_value(run["history"], settings.objective) if run else math.nan
+                      for run in per_seed] for label, per_seed in runs.items()}
+    result = decide(scores, configs, seeds)
+    searched = {}  # config -> its best objective in the search (the default's too)
+    for trial in trials:
+        if trial.objective is not None and not trial.status.startswith("error"):
+            key = tuple(sorted(trial.config.items()))
+            searched[key] = max(searched.get(key, -math.inf), trial.objective)
+    for row in result["rows"]:
+        row["search_objective"] = searched.get(tuple(sorted(row["config"].items())))
+    return result
+
+
+def final_evaluation(settings: SearchSettings,
+                     configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Re-train each config from scratch on the final split seeds (disjoint from the
+    search's and the re-rank's) and score it on test."""
+    from tune.report import final_stats
+
+    seeds = settings.split_seeds["final"]
+    runs = fit_on_seeds(settings, configs, seeds, with_test=True, stage="final evaluation")
+    return {label: {"config": configs[label], "seeds": seeds,
+                    **final_stats([run["test_metric"] if run else math.nan
+                                   for run in per_seed])}
+            for label, per_seed in runs.items()}
+
+
+def _finished(job: Any) -> dict[str, Any] | None:
+    """A run whose re-training diverges gives None (it scores NaN, counted apart)."""
     import ray
 
     from infoprompt.train import Diverged
 
     try:
-        return ray.get(job)["test_metric"]
+        return ray.get(job)
     except ray.exceptions.RayTaskError as error:
         if isinstance(error.cause, Diverged):
-            print(f"warning: a final re-training diverged: {error.cause}", file=sys.stderr)
-            return math.nan
+            print(f"warning: a re-training diverged: {error.cause}", file=sys.stderr)
+            return None
         raise
 
 
@@ -133,16 +172,22 @@ def search_record(settings: SearchSettings, concurrent: int) -> dict[str, Any]:
     import optuna
     import ray
 
-    from tune.tuner import sampler_options
+    from tune.settings import Scheduler
+    from tune.tuner import SAMPLERS, sampler_options
 
+    sampler = SAMPLERS[settings.sampler]
+    asha = settings.scheduler is Scheduler.ASHA
     return {
         "objective": {"name": settings.objective.value,
                       "definition": settings.objective.definition, "mode": "max"},
-        "sampler": {"name": "optuna.samplers.TPESampler",
+        "sampler": {"name": f"optuna.samplers.{sampler.__name__}",
                     **sampler_options(settings, concurrent)},
-        "scheduler": {"name": "ray.tune.schedulers.ASHAScheduler", "time_attr": "epoch",
-                      "max_t": settings.config.epochs, "grace_period": settings.grace_period,
-                      "reduction_factor": settings.reduction_factor},
+        "scheduler": ({"name": "ray.tune.schedulers.ASHAScheduler", "time_attr": "epoch",
+                       "max_t": settings.config.epochs, "grace_period": settings.grace_period,
+                       "reduction_factor": settings.reduction_factor} if asha else
+                      {"name": "ray.tune.schedulers.FIFOScheduler"}),
+        "split_draws": settings.split_draws,
+        "split_seeds": settings.split_seeds,
         "max_concurrent": concurrent,
         "versions": {"optuna": optuna.__version__, "ray": ray.__version__},
     }
@@ -208,14 +253,12 @@ def _locked_search(settings: SearchSettings, given: set[str], storage: str, name
     settings = _checked_study(settings, storage, name, path)
     check_study_name(settings, settings.study_name)
     warm = warm_trials(settings)  # refused before any work if it does not match
-    splits = load_splits(settings.config, with_test=False)  # the search never reads test
-    if settings.cv_folds > 1:  # refused now, not by every attempt of every trial
-        from tune.trainable import rotations
-
-        rotations(splits, settings.cv_folds, seed=settings.config.seed)
+    # The search never reads test; every trial trains on every one of these draws.
+    draws = {seed: load_splits(settings.config.replace(seed=seed), with_test=False)
+             for seed in settings.split_seeds["search"]}
     connect(settings.address)
     try:
-        return _search(settings, splits, storage, name, path, warm)
+        return _search(settings, draws, storage, name, path, warm)
     finally:  # also for callers of search() in-process, and on errors
         ray.shutdown()
 
@@ -259,8 +302,8 @@ def _print_finished(settings: SearchSettings, path: str) -> bool:
     return True
 
 
-def _search(settings: SearchSettings, splits: Any, storage: str, name: str, path: str,
-            warm: list[Any]) -> dict[str, Any]:
+def _search(settings: SearchSettings, draws: dict[int, Any], storage: str, name: str,
+            path: str, warm: list[Any]) -> dict[str, Any]:
     from tune import report
     from tune.study import prepare_study, study_storage
     from tune.tuner import build_tuner, restore_tuner
@@ -282,10 +325,10 @@ def _search(settings: SearchSettings, splits: Any, storage: str, name: str, path
     prepare_study(settings, study_url, settings.study_name, warm)
     if settings.resume:
         print(f"resuming {path}", flush=True)
-        tuner = restore_tuner(storage, name, settings, splits, study_url=study_url)
+        tuner = restore_tuner(storage, name, settings, draws, study_url=study_url)
     else:
         save_settings(settings, storage, name)
-        tuner = build_tuner(settings, splits, storage_path=storage, name=name,
+        tuner = build_tuner(settings, draws, storage_path=storage, name=name,
                             max_concurrent=concurrent, study_url=study_url)
     started = time.perf_counter()
     with sigint_watched() as sigint:
@@ -293,21 +336,27 @@ def _search(settings: SearchSettings, splits: Any, storage: str, name: str, path
     if sigint.seen or unfinished_trials(grid):  # Ray saved it: no final evaluation, no reports
         raise KeyboardInterrupt
     rows = report.trial_rows(grid, cfg.epochs)
-    summary = report.summarize(task=cfg.task, metric=splits.task.metric,
+    metric = next(iter(draws.values())).task.metric
+    summary = report.summarize(task=cfg.task, metric=metric,
                                method=cfg.method.value, trials=rows, final={},
                                search=search_record(settings, concurrent))
     # Written now and again after the final evaluation: a failure there loses no search.
     target, markdown = write_reports(summary, storage, name, study_url, settings.study_name)
+    if settings.rerank_top:
+        summary = summary._replace(rerank=rerank(settings, rows))
+        target, markdown = write_reports(summary, storage, name, study_url,
+                                         settings.study_name)
     if settings.final_seeds:
-        configs = {"best": summary.best_config, "default": paper_point(cfg, settings.space)}
+        configs = {"returned": summary.returned_config,
+                   "default": paper_point(cfg, settings.space)}
         final = final_evaluation(settings, configs)
-        final.update(report.final_comparison(final["best"]["per_seed"],
+        final.update(report.final_comparison(final["returned"]["per_seed"],
                                              final["default"]["per_seed"]))
         summary = summary._replace(final=final)
         target, markdown = write_reports(summary, storage, name, study_url,
                                          settings.study_name)
     print("\n" + markdown)
-    print(f"{len(rows)} trials, {summary.stopped_early} stopped early by ASHA, "
+    print(f"{len(rows)} trials, {summary.stopped_early} stopped early, "
           f"{time.perf_counter() - started:.0f}s. Results: {target}/results.md\n"
           f"TensorBoard: tensorboard --logdir {path}\n"
           f"Optuna dashboard: optuna-dashboard {study_url}")

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from infoprompt.cli import add_dataclass_arguments, config_from_args
@@ -37,6 +38,17 @@ def _field(default: Any, help: str, group: str) -> Any:
     return field(default=default, metadata={"help": help, "group": group})
 
 
+class Sampler(str, Enum):
+    TPE = "tpe"
+    GP = "gp"
+    RANDOM = "random"
+
+
+class Scheduler(str, Enum):
+    ASHA = "asha"
+    FIFO = "fifo"
+
+
 @dataclass(frozen=True)
 class SearchSettings:
     config: InfoPromptConfig = field(default_factory=InfoPromptConfig)
@@ -48,10 +60,23 @@ class SearchSettings:
                                "search")
     reduction_factor: float = _field(3.0, "ASHA: keep 1/this of the trials at each rung",
                                      "search")
-    cv_folds: int = _field(1, "train each trial on N rotations of train+valid and report the "
-                              "mean valid metric: less selection noise, N× the cost", "search")
-    final_seeds: int = _field(5, "seeds on which the best and the default config are "
-                                 "re-trained and scored on test (0 skips)", "search")
+    sampler: Sampler = _field(Sampler.TPE, "Optuna sampler that proposes the trials: tpe "
+                              "(multivariate, constant liar), gp (Gaussian process), random",
+                              "search")
+    scheduler: Scheduler = _field(Scheduler.ASHA, "asha (stop poor trials early) or fifo (run "
+                                  "every trial to --epochs)", "search")
+    split_draws: int = _field(1, "score each trial on N train/valid draws (split seeds --seed "
+                                 "… --seed+N-1, the same for every trial) and report the mean "
+                                 "per epoch: less selection noise, N× the cost", "search")
+    rerank_top: int = _field(2, "after the search, re-train its K best configs and the default "
+                                "on --rerank-draws further draws; a config replaces the default "
+                                "only if it beats it there (paired t, Bonferroni over K); 0 "
+                                "returns the search's best unchecked", "search")
+    rerank_draws: int = _field(3, "split draws of the re-rank, after the search's (>= 2)",
+                               "search")
+    final_seeds: int = _field(5, "split seeds, after the search's and the re-rank's, on which "
+                                 "the returned and the default config are re-trained and scored "
+                                 "on test (0 skips)", "search")
     objective: Objective = _field(Objective.BEST, "what the search selects by, every epoch: "
                                   "best (running best valid metric), last (this epoch's), "
                                   "loglik (running best valid log-likelihood of the gold "
@@ -96,15 +121,17 @@ class SearchSettings:
                  if getattr(self.config, name) != value}
         if fixed:
             object.__setattr__(self, "config", self.config.replace(**fixed))
-        try:
-            object.__setattr__(self, "objective", Objective(self.objective))
-        except ValueError:
-            raise InfoPromptError(f"unknown objective {self.objective!r}; choose one of: "
-                                  + ", ".join(o.value for o in Objective)) from None
+        for name, enum in (("objective", Objective), ("sampler", Sampler),
+                           ("scheduler", Scheduler)):
+            try:
+                object.__setattr__(self, name, enum(getattr(self, name)))
+            except ValueError:
+                raise InfoPromptError(f"unknown {name} {getattr(self, name)!r}; choose one "
+                                      "of: " + ", ".join(o.value for o in enum)) from None
         if self.n_startup_trials is not None and self.n_startup_trials < 0:
             raise InfoPromptError(f"--n-startup-trials must be >= 0, got {self.n_startup_trials}")
-        for name, low in (("num_samples", 1), ("grace_period", 1), ("cv_folds", 1),
-                          ("final_seeds", 0), ("max_failures", 0)):
+        for name, low in (("num_samples", 1), ("grace_period", 1), ("split_draws", 1),
+                          ("rerank_top", 0), ("final_seeds", 0), ("max_failures", 0)):
             if getattr(self, name) < low:
                 raise InfoPromptError(f"--{name.replace('_', '-')} must be >= {low}, "
                                       f"got {getattr(self, name)}")
@@ -114,7 +141,10 @@ class SearchSettings:
             raise InfoPromptError("--cpus-per-trial must be > 0 and --gpus-per-trial >= 0")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise InfoPromptError(f"--max-concurrent must be >= 1, got {self.max_concurrent}")
-        if self.grace_period > self.config.epochs:
+        if self.rerank_top and self.rerank_draws < 2:
+            raise InfoPromptError(f"--rerank-draws must be >= 2 for a paired test, got "
+                                  f"{self.rerank_draws}; or --rerank-top 0 to skip the re-rank")
+        if self.scheduler is Scheduler.ASHA and self.grace_period > self.config.epochs:
             raise InfoPromptError(f"--grace-period {self.grace_period} is more than --epochs "
                                   f"{self.config.epochs}: ASHA cannot wait longer than a trial "
                                   "runs; lower it")
@@ -126,6 +156,18 @@ class SearchSettings:
             return self.n_startup_trials
         return max(2, self.num_samples // 4)
 
+    @property
+    def split_seeds(self) -> dict[str, list[int]]:
+        """The split seeds of each stage, consecutive and disjoint: the search's draws, the
+        re-rank's, then the final evaluation's (each seed draws its own train/valid)."""
+        sizes = {"search": self.split_draws,
+                 "rerank": self.rerank_draws if self.rerank_top else 0,
+                 "final": self.final_seeds}
+        seeds, start = {}, self.config.seed
+        for stage, size in sizes.items():
+            seeds[stage], start = list(range(start, start + size)), start + size
+        return seeds
+
     def replace(self, **changes: Any) -> SearchSettings:
         return dataclasses.replace(self, **changes)
 
@@ -133,7 +175,8 @@ class SearchSettings:
         """JSON-ready: what an experiment saves so that `--resume` continues it as it was."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         out["config"] = self.config.to_dict()
-        out["objective"] = self.objective.value
+        for name in ("objective", "sampler", "scheduler"):
+            out[name] = getattr(self, name).value
         out["space"] = {name: list(entry.values) for name, entry in self.space.items()}
         return out
 

@@ -7,7 +7,6 @@ restarted trial (node loss, `--resume`) continues from `ray.tune.get_checkpoint(
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import os
 import pickle
@@ -15,8 +14,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
 import ray
 import ray.tune
 import torch
@@ -28,14 +25,14 @@ from infoprompt.train import Training, fit, resolve_device
 from tune.objective import Objective, objective_value
 
 __all__ = ["cap_gpu_memory", "final_fit", "gpu_memory_fraction", "load_states",
-           "release_memory", "rotations", "trainable"]
+           "release_memory", "trainable"]
 
 STATE_FILE = "state.pt"
 PER_RUN_ONLY = {"best_valid_metric", "best_epoch"}
 
 
 def _mean(records: tuple[dict[str, Any], ...]) -> dict[str, Any]:
-    """One epoch's record averaged over the folds (per-fold bests are not the best of the
+    """One epoch's record averaged over the split draws (per-draw bests are not the best of the
     mean: those stay out)."""
     return {name: sum(r[name] for r in records) / len(records)
             for name in records[0] if name not in PER_RUN_ONLY}
@@ -74,8 +71,8 @@ def release_memory(device: torch.device, held: list) -> None:
         torch.cuda.empty_cache()
 
 
-def trainable(params: dict[str, Any], *, base: InfoPromptConfig, splits: Splits,
-              cv_folds: int = 1, objective: Objective = Objective.BEST) -> None:
+def trainable(params: dict[str, Any], *, base: InfoPromptConfig, draws: dict[int, Splits],
+              objective: Objective = Objective.BEST) -> None:
     cfg = base.replace(**params)
     resources = ray.tune.get_context().get_trial_resources().required_resources
     # One Ray CPU is one thread: more would oversubscribe the node's cores.
@@ -84,20 +81,21 @@ def trainable(params: dict[str, Any], *, base: InfoPromptConfig, splits: Splits,
     cap_gpu_memory(resources.get("GPU", 0), device)
     runs: list[Training] = []
     try:
-        _train(cfg, splits, cv_folds, objective, runs)
+        _train(cfg, draws, objective, runs)
     finally:  # also when ASHA stops the trial (report raises SystemExit) or it diverges
         release_memory(device, runs)
 
 
-def _train(cfg: InfoPromptConfig, splits: Splits, cv_folds: int, objective: Objective,
+def _train(cfg: InfoPromptConfig, draws: dict[int, Splits], objective: Objective,
            runs: list[Training]) -> None:
-    """The trial's work; `runs` is the caller's, so that it can drop them however this ends."""
-    folds = rotations(splits, cv_folds, seed=cfg.seed) if cv_folds > 1 else [splits]
+    """The trial's work: one run per split draw, seeded by the draw's seed (the same draws
+    and seeds for every trial, so trials are compared on paired data). `runs` is the
+    caller's, so that it can drop them however this ends."""
     states = _restored_states()
-    runs.extend(Training(cfg, fold, resume=states[i] if states else None)
-                for i, fold in enumerate(folds))
+    runs.extend(Training(cfg.replace(seed=seed), splits, resume=states[i] if states else None)
+                for i, (seed, splits) in enumerate(sorted(draws.items())))
     del states  # loaded into the runs
-    # Folds train in lockstep so that every report is the mean over all folds at one epoch.
+    # Draws train in lockstep so that every report is the mean over all draws at one epoch.
     # A NaN/inf loss raises infoprompt.train.Diverged out of here, on purpose: Ray marks the
     # trial ERROR and tells Optuna error=True with no value (FAIL; a reported NaN or a result
     # without valid_metric would instead reach Optuna/ASHA or trip Tune's metric check).
@@ -117,27 +115,6 @@ def _train(cfg: InfoPromptConfig, splits: Splits, cv_folds: int, objective: Obje
             # Trials are never scored on test, so the best epoch's copy stays out.
             torch.save([run.state(with_best=False) for run in runs], Path(folder) / STATE_FILE)
             ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(folder))
-
-
-def rotations(splits: Splits, folds: int, *, seed: int) -> list[Splits]:
-    """Cross-validation over the train+valid pool: fold i validates on a class-stratified
-    1/folds of it and trains on the rest. The test split is never part of the pool."""
-    pool = pa.concat_tables([splits.train.replace_schema_metadata(None),
-                             splits.valid.replace_schema_metadata(None)])
-    labels = pool.column("label").to_numpy()
-    smallest = int(np.bincount(labels).min())
-    if not 2 <= folds <= smallest:
-        raise InfoPromptError(f"--cv-folds {folds}: needs 2 <= folds <= {smallest} (the "
-                              "smallest class in train+valid); use fewer folds or more shots")
-    rng = np.random.default_rng(seed)
-    fold_of = np.empty(len(labels), dtype=np.int64)
-    for label in np.unique(labels):
-        rows = rng.permutation(np.flatnonzero(labels == label))
-        fold_of[rows] = np.arange(len(rows)) % folds
-    return [dataclasses.replace(splits, train=pool.take(np.flatnonzero(fold_of != fold)),
-                                valid=pool.take(np.flatnonzero(fold_of == fold)), test=None,
-                                key=f"{splits.key}-fold{fold}of{folds}")
-            for fold in range(folds)]
 
 
 def _restored_states() -> list[dict] | None:

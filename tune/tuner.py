@@ -1,4 +1,5 @@
-"""build_tuner: OptunaSearch (TPE, paper defaults first) + ASHA + resources, in one place."""
+"""build_tuner: OptunaSearch (TPE by default, paper defaults first) + ASHA (or FIFO) +
+resources, in one place."""
 
 from __future__ import annotations
 
@@ -11,36 +12,53 @@ import optuna
 import ray.tune
 from ray.air.constants import TRAINING_ITERATION
 from ray.tune import Callback
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from infoprompt.errors import InfoPromptError
 from infoprompt.store import Splits
-from tune.settings import SearchSettings
+from tune.settings import Sampler, Scheduler, SearchSettings
 from tune.space import default_point, param_space
 from tune.tensorboard import TaskTensorBoard
 from tune.trainable import trainable
 
 __all__ = ["METRIC", "MODE", "AshaRungs", "MovedSearchGenerator", "StudySearch", "build_tuner",
-           "restore_tuner", "sampler_options", "tpe_sampler", "trial_folder"]
+           "make_sampler", "make_scheduler", "restore_tuner", "sampler_options", "trial_folder"]
 
 logger = logging.getLogger(__name__)
 METRIC, MODE = "objective", "max"  # tune/objective.py: one number, end to end
 
 
+SAMPLERS = {Sampler.TPE: optuna.samplers.TPESampler, Sampler.GP: optuna.samplers.GPSampler,
+            Sampler.RANDOM: optuna.samplers.RandomSampler}
+
+
 def sampler_options(settings: SearchSettings, max_concurrent: int) -> dict[str, Any]:
-    """TPE that acts within a small budget: a short random start scaled to the budget,
-    multivariate (β, γ and K interact), and a constant liar so that concurrent trials do not
-    all land on the same promising point."""
-    return {"seed": settings.config.seed, "n_startup_trials": settings.startup_trials,
-            "multivariate": True, "constant_liar": max_concurrent > 1}
+    """Seeded samplers that act within a small budget. TPE: a short random start scaled to
+    the budget, multivariate (β, γ and K interact), and a constant liar so that concurrent
+    trials do not all land on the same promising point. GP: the same random start."""
+    options: dict[str, Any] = {"seed": settings.config.seed}
+    if settings.sampler is Sampler.TPE:
+        options.update(n_startup_trials=settings.startup_trials, multivariate=True,
+                       constant_liar=max_concurrent > 1)
+    elif settings.sampler is Sampler.GP:
+        options.update(n_startup_trials=settings.startup_trials)
+    return options
 
 
-def tpe_sampler(settings: SearchSettings, max_concurrent: int) -> optuna.samplers.TPESampler:
-    with warnings.catch_warnings():  # multivariate and constant_liar are "experimental"
+def make_sampler(settings: SearchSettings, max_concurrent: int) -> optuna.samplers.BaseSampler:
+    with warnings.catch_warnings():  # multivariate, constant_liar, GP are "experimental"
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.TPESampler(**sampler_options(settings, max_concurrent))
+        return SAMPLERS[settings.sampler](**sampler_options(settings, max_concurrent))
+
+
+def make_scheduler(settings: SearchSettings) -> ASHAScheduler | FIFOScheduler:
+    if settings.scheduler is Scheduler.FIFO:
+        return FIFOScheduler()
+    return ASHAScheduler(time_attr="epoch", max_t=settings.config.epochs,
+                         grace_period=settings.grace_period,
+                         reduction_factor=settings.reduction_factor)
 
 
 class AshaRungs(Callback):
@@ -172,37 +190,35 @@ class StudySearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
-def _trainable(settings: SearchSettings, splits: Splits) -> Any:
+def _trainable(settings: SearchSettings, draws: dict[int, Splits]) -> Any:
     # with_parameters puts the tables in the object store once; every trial maps them.
     with_data = ray.tune.with_parameters(trainable, base=settings.config,
-                                         splits=splits.without_test(),
-                                         cv_folds=settings.cv_folds,
+                                         draws={seed: splits.without_test()
+                                                for seed, splits in draws.items()},
                                          objective=settings.objective)
     return ray.tune.with_resources(with_data, {"cpu": settings.cpus_per_trial,
                                                "gpu": settings.gpus_per_trial})
 
 
-def build_tuner(settings: SearchSettings, splits: Splits, *, storage_path: str, name: str,
-                max_concurrent: int, study_url: str | None = None, searcher: Any = None,
-                scheduler: Any = None) -> ray.tune.Tuner:
-    """The search of docs/design.md; `searcher` and `scheduler` replace TPE and ASHA
-    (benchmarks). `study_url`: the database of the Optuna study (tune/study.py), whose
-    name is the experiment's."""
+def build_tuner(settings: SearchSettings, draws: dict[int, Splits], *, storage_path: str,
+                name: str, max_concurrent: int,
+                study_url: str | None = None) -> ray.tune.Tuner:
+    """The search of docs/design.md over the split `draws` (seed -> splits, the same for
+    every trial). `study_url`: the database of the Optuna study (tune/study.py), whose name
+    is the experiment's."""
     cfg = settings.config
     first = default_point(cfg, settings.space)
     study = {"study_url": study_url, "max_epochs": cfg.epochs} if study_url else {}
-    searcher = searcher or (StudySearch if study_url else OptunaSearch)(
-        sampler=tpe_sampler(settings, max_concurrent),
+    searcher = (StudySearch if study_url else OptunaSearch)(
+        sampler=make_sampler(settings, max_concurrent),
         points_to_evaluate=[first] if first else None,
         study_name=settings.study_name or name, **study)
-    scheduler = scheduler or ASHAScheduler(time_attr="epoch", max_t=cfg.epochs,
-                                           grace_period=settings.grace_period,
-                                           reduction_factor=settings.reduction_factor)
+    scheduler = make_scheduler(settings)
     callbacks = [TaskTensorBoard()]
     if isinstance(scheduler, ASHAScheduler):
         callbacks.append(AshaRungs(scheduler))
     return ray.tune.Tuner(
-        _trainable(settings, splits),
+        _trainable(settings, draws),
         param_space=param_space(cfg, settings.space),
         tune_config=ray.tune.TuneConfig(
             metric=METRIC, mode=MODE, search_alg=searcher, scheduler=scheduler,
@@ -243,13 +259,13 @@ class MovedSearchGenerator(SearchGenerator):
         storage.experiment_dir_name = self.name
 
 
-def restore_tuner(storage_path: str, name: str, settings: SearchSettings, splits: Splits, *,
-                  study_url: str) -> ray.tune.Tuner:
+def restore_tuner(storage_path: str, name: str, settings: SearchSettings,
+                  draws: dict[int, Splits], *, study_url: str) -> ray.tune.Tuner:
     """Continue an interrupted search: finished trials are kept, unfinished ones resume, new
     ones are created where the experiment is now, and the study is the one in `study_url`
     (where the experiment's is now)."""
     path = f"{storage_path.rstrip('/')}/{name}"
-    tuner = ray.tune.Tuner.restore(path, _trainable(settings, splits), resume_unfinished=True,
+    tuner = ray.tune.Tuner.restore(path, _trainable(settings, draws), resume_unfinished=True,
                                    resume_errored=False)
     # Tuner.restore takes no search algorithm: the one unpickled from tuner.pkl is wrapped
     # and bound here, before fit() restores its state (Ray keeps it in the tune config).
