@@ -127,7 +127,8 @@ def run_search(args: argparse.Namespace, concurrency: int, storage: str, *,
     """One search as a child process; `extra`: more flags (bench/gpu_check.py: GPUs)."""
     name = f"bench-scale-c{concurrency}-{time.strftime('%Y%m%d-%H%M%S')}"
     command = [sys.executable, str(ROOT / "tune" / "search.py"), "--task", args.task,
-               "--shots", str(args.shots), "--model", "minilm", "--cache-dir", args.cache_dir,
+               "--shots", str(args.shots), "--model", getattr(args, "model", "minilm"),
+               "--cache-dir", args.cache_dir,
                "--num-samples", str(args.num_samples), "--epochs", str(args.epochs),
                "--grace-period", str(args.epochs), "--final-seeds", "0", "--rerank-top", "0",
                "--seed", "0",

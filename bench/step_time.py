@@ -46,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +134,11 @@ def train_step(training: Training, rows: list[int]) -> float:
 
 
 def step_times(args: argparse.Namespace, cache_dir: str,
-               dtypes: tuple[str, ...] = DTYPES) -> list[dict]:
+               dtypes: tuple[str, ...] = DTYPES,
+               progress: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """The train-step rows, fp32 then bf16. `progress` gets the rows so far after every
+    measured iteration (bench/gpu_check.py writes them: a part stopped at its time limit
+    keeps its figures)."""
     iterations = args.warmup + args.steps
     base = bench_config(args, task=args.task, shots=64, max_length=64, cache_dir=cache_dir,
                         batch_size=8, epochs=max(30, math.ceil(iterations / 8) + 1),
@@ -166,6 +171,13 @@ def step_times(args: argparse.Namespace, cache_dir: str,
                 samples[dtype, kind].append(seconds * 1e3)
         if i == args.warmup - 1 or (i + 1) % 10 == 0:
             log(f"train step: {i + 1}/{iterations} iterations")
+        if progress is not None and i >= args.warmup:
+            progress(_step_rows(samples, trainings, dtypes))
+    return _step_rows(samples, trainings, dtypes)
+
+
+def _step_rows(samples: dict, trainings: dict, dtypes: tuple[str, ...]) -> list[dict]:
+    """Medians and spread of the samples so far, one row per dtype."""
     results = []
     for dtype in dtypes:
         stats = {kind: summary(samples[dtype, kind]) for kind in KINDS}
@@ -464,7 +476,9 @@ def markdown(result: dict, command: str) -> str:
     return "\n".join(out) + "\n"
 
 
-def main(argv: list[str] | None = None) -> dict | None:
+def main(argv: list[str] | None = None,
+         progress: Callable[[list[dict]], None] | None = None) -> dict | None:
+    """`progress`: see `step_times` (bench/gpu_check.py)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30,
@@ -528,7 +542,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     }
     with tempfile.TemporaryDirectory(prefix="bench-step-") as cache:
         if "steps" in parts:
-            steps = step_times(args, cache, dtypes)
+            steps = step_times(args, cache, dtypes, progress)
             by = {r["dtype"]: r for r in steps}
             result["step_time"] = steps
             result["bf16_over_fp32"] = ({k: by["bf16"][f"{k}_ms"] / by["fp32"][f"{k}_ms"]

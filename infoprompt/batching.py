@@ -126,7 +126,9 @@ def make_batch(split: SplitTensors, rows: Sequence[int], *, n_prompts: int, with
     batch (or to `pad_to`); methods without prompts get the prompt-free template (the ids
     without the slots at 1..n_p, as `template.prompt_free_ids`)."""
     host_rows = np.asarray(rows, dtype=np.int64)
-    index = torch.as_tensor(host_rows, device=split.device)  # the one host-to-device copy
+    index = torch.from_numpy(host_rows)
+    if split.device.type == "cuda":  # the one host-to-device copy, queued: no wait
+        index = index.pin_memory().to(split.device, non_blocking=True)
     width = int(split.host_lengths[host_rows].max())
     input_ids = split.input_ids[:, :width].index_select(0, index)
     lengths = split.lengths.index_select(0, index)

@@ -96,7 +96,8 @@ def nce_head(critic: PairCritic, head: nn.Linear, logits: torch.Tensor, p_bar: t
     in_batch: negatives are the other examples' P̄_j (K = B); token_negatives is unused.
     logits (B, C), p_bar (B, D).
     """
-    theta_x = logits.float().softmax(-1) @ head.weight.float()
+    with torch.autocast(logits.device.type, enabled=False):  # fp32 under bf16 autocast too
+        theta_x = logits.float().softmax(-1) @ head.weight.float()
     if estimator is Estimator.PAPER:
         candidates = torch.cat([p_bar.unsqueeze(1).float(), token_negatives.float()], 1)
     else:
@@ -117,6 +118,7 @@ def sample_token_negatives(text_ids: torch.Tensor, text_mask: torch.Tensor, coun
     """Embeddings of `count` tokens drawn from each example's own text (with replacement,
     so short inputs work). text_ids, text_mask: (B, L) -> (B, count, D)."""
     weights = text_mask.to(torch.float32, copy=True)  # a float mask is the caller's: copy
-    weights[weights.sum(1) == 0, 0] = 1.0  # an empty text falls back to its padding slot
+    weights[:, 0] += weights.sum(1) == 0  # an empty text falls back to its padding slot
+    # (added, not assigned through a boolean index: that would wait for the GPU)
     picks = torch.multinomial(weights, count, replacement=True)
     return embeddings(text_ids.gather(1, picks))

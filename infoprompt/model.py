@@ -51,9 +51,12 @@ class PairCritic(nn.Module):
         self.temperature = temperature
 
     def forward(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """query (B, D), candidates (B, K, D) -> scores (B, K), in float32."""
-        query = self.weight(query).float()
-        candidates = candidates.float()
+        """query (B, D), candidates (B, K, D) -> scores (B, K), in float32 (autocast off:
+        under bf16 autocast the projection and the products would run in bf16)."""
+        with torch.autocast(query.device.type, enabled=False):
+            return self._scores(self.weight(query.float()), candidates.float())
+
+    def _scores(self, query: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
         if self.kind is Critic.BILINEAR:
             return torch.einsum("bkd,bd->bk", candidates, query)
         if self.kind is Critic.COSINE:

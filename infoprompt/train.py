@@ -222,9 +222,8 @@ class Training:
         """One optimizer step on a batch from `batch()`; returns the losses (and, on the first
         step of an epoch with cfg.diagnostics, the GRADIENTS norms)."""
         out = self.losses(batch)
-        if not torch.isfinite(out["loss"]):
-            raise Diverged(f"loss became {out['loss'].item()} in epoch {self.epoch + 1} "
-                           f"(lr={self.cfg.lr:g}); lower the learning rate")
+        # No finiteness check here: reading the loss would make the host wait for the GPU
+        # every step. epochs() checks the epoch's summed loss once, before its record.
         self.optimizer.zero_grad(set_to_none=True)
         mi_gradients = self._mi_gradients(out) if self._diagnose_gradients() else None
         out["loss"].backward()
@@ -270,7 +269,10 @@ class Training:
                 for name in (*STEP_MEANS, *SHUFFLED):
                     if name in out:
                         sums[name] = sums.get(name, 0.0) + out[name].detach()
-                gradients.update((name, float(out[name])) for name in GRADIENTS if name in out)
+                gradients.update((name, out[name]) for name in GRADIENTS if name in out)
+            if not math.isfinite(float(sums["loss"])):  # NaN or ±inf in any step: no record
+                raise Diverged(f"loss became {float(sums['loss'])} in epoch {self.epoch + 1} "
+                               f"(lr={self.cfg.lr:g}); lower the learning rate")
             self.epoch += 1
             valid = self.evaluate(self.valid_data)
             means = {name: float(total) / self.steps_per_epoch for name, total in sums.items()}
@@ -282,7 +284,7 @@ class Training:
                 "valid_metric": valid[metric],
                 **{f"valid_{name}": value for name, value in valid.items()},
                 **means,
-                **gradients,
+                **{name: float(value) for name, value in gradients.items()},
                 "mi_rep": mi_bound(means["nce_rep"], cfg.nce_candidates[0]),
                 "mi_head": mi_bound(means["nce_head"], cfg.nce_candidates[1]),
                 "lr": self.scheduler.get_last_lr()[0],
@@ -310,7 +312,11 @@ class Training:
                 "model": self.model.trainable_state(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "history": self.history,
                 "best": (self.best_epoch, self.best_valid, self.best_state if with_best else None),
-                "rng": torch.get_rng_state()}
+                "rng": torch.get_rng_state(),
+                # the GPU's own generator (NCE noise, token negatives): a resumed trial draws
+                # what the uninterrupted one would have
+                "cuda_rng": (torch.cuda.get_rng_state(self.device)
+                             if self.device.type == "cuda" else None)}
 
     def _load(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"], strict=False)
@@ -320,6 +326,8 @@ class Training:
         self.history = list(state["history"])
         self.best_epoch, self.best_valid, self.best_state = state["best"]
         torch.set_rng_state(state["rng"])
+        if state.get("cuda_rng") is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
 
 
 def run(cfg: InfoPromptConfig, splits: Splits, **options: Any) -> Iterator[dict[str, Any]]:

@@ -523,6 +523,9 @@ S3_REQUIRED = {"s3:ListBucket", "s3:GetObject", "s3:PutObject", "s3:DeleteObject
 # The EC2 calls Ray's AWS node provider makes on the head (ray/autoscaler/_private/aws/
 # node_provider.py): list the cluster's nodes, launch, tag and terminate them; describe
 # instance types (resource fill-out) and images (the CloudWatch AMI check).
+DLAMI_PARAMETER = ("/aws/service/deeplearning/ami/x86_64/"
+                   "base-oss-nvidia-driver-gpu-ubuntu-22.04/latest/ami-id")
+DLAMI_PARAMETERS_ARN = "arn:aws:ssm:__REGION__::parameter/aws/service/deeplearning/ami/x86_64/*"
 HEAD_EC2_ACTIONS = {
     "ec2:DescribeInstances",
     "ec2:DescribeInstanceTypes",
@@ -668,8 +671,15 @@ def _check_role_policies(role: str, docs: dict[str, dict], cfg: dict) -> list[st
                             f"{where}: iam:PassRole on {resources}, not only the worker role "
                             f"{WORKER_ROLE_ARN}"
                         )
+                elif action == "ssm:GetParameters" and role == "head":
+                    if resources != [DLAMI_PARAMETERS_ARN]:
+                        problems.append(f"{where}: ssm:GetParameters on {resources}, not only "
+                                        f"the public DLAMI parameters {DLAMI_PARAMETERS_ARN}")
                 else:
                     problems.append(f"{where}: {action} (not needed by the {role})")
+    if role == "head" and any(str(nt["node_config"].get("ImageId", "")).startswith("resolve:ssm:")
+                              for nt in (cfg.get("available_node_types") or {}).values()):
+        required.add("ssm:GetParameters")  # EC2 reads the parameter as the launching role
     for action in sorted(required - granted):
         why = " (provider.cache_stopped_nodes is on)" if action in EC2_CACHE_ACTIONS else ""
         problems.append(f"{role} role lacks {action}{why}")
@@ -1229,3 +1239,29 @@ def test_prereqs_script_rejects_bad_arguments(tmp_path, args, expected):
     assert proc.returncode == 1
     assert expected in proc.stderr
     assert calls == []
+
+
+# ----------------------------------------------------------------------------- GPU drivers
+
+
+def test_every_node_runs_the_current_deep_learning_ami_and_gpu_workers_need_cuda(monkeypatch):
+    """Ray's default AMI (Deep Learning AMI, Ubuntu 18.04) has a driver too old for the CUDA
+    builds pip installs torch from: every node names the current Base OSS Nvidia Driver GPU
+    DLAMI, and a GPU worker whose torch sees no GPU fails its setup instead of training on
+    its CPU."""
+    import torch
+
+    cfg = yaml.safe_load(_gpu_yaml())
+    for name, node_type in cfg["available_node_types"].items():
+        assert node_type["node_config"]["ImageId"] == f"resolve:ssm:{DLAMI_PARAMETER}", name
+    check = next(c for c in cfg["worker_setup_commands"] if "torch.cuda" in c)
+    argv = shlex.split(check)
+    assert argv[:2] == ["python", "-c"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as stopped:
+        exec(compile(argv[2], "worker_setup", "exec"), {})
+    assert "sees no GPU here" in str(stopped.value.code)  # a message: non-zero exit, printed
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(SystemExit) as passed:
+        exec(compile(argv[2], "worker_setup", "exec"), {})
+    assert passed.value.code == 0

@@ -1,21 +1,46 @@
-"""On a CUDA GPU: a step matches the CPU step, bf16 autocast runs, a trial's memory is capped
-at its share, and the splits live on the device. Marked `cuda`: without a GPU each test is
-skipped with that reason (tests/conftest.py); `bash bench/gpu_check.sh` runs them."""
+"""On a CUDA GPU: a step matches the CPU step, bf16 autocast runs with fp32 critic scores,
+the step loop never waits for the device, a resumed run continues the GPU's generator, a
+process's memory is capped at its share, and the splits live on the device. Marked `cuda`:
+without a GPU each test is skipped with that reason (tests/conftest.py); `bash
+bench/gpu_check.sh` runs them.
+
+Needs only what a bare GPU machine has (torch, transformers, pyarrow, pytest): no Ray, no
+downloaded weights. The encoder is a random-init one of MiniLM's shape, built here
+(bench/_encoders.py)."""
 
 from __future__ import annotations
 
 import math
-import types
+import sys
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
 
 from infoprompt.batching import SplitTensors, make_batch
+from infoprompt.config import InfoPromptConfig
+from infoprompt.gpu_memory import cap_gpu_memory, release_memory
+from infoprompt.store import load_splits
 from infoprompt.train import Training
 
 pytestmark = pytest.mark.cuda
 
+ROOT = Path(__file__).resolve().parents[1]
 CUDA = torch.device("cuda")
+
+
+@pytest.fixture(scope="module")
+def demo_store_16(tmp_path_factory):
+    """(cfg, splits): demo, 16 shots, on a random-init encoder of MiniLM's shape."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from _encoders import build_encoder
+
+    folder = tmp_path_factory.mktemp("encoder")
+    build_encoder("minilm", folder)
+    cfg = InfoPromptConfig(task="demo", shots=16, epochs=1, device="cpu", model=str(folder),
+                           cache_dir=str(tmp_path_factory.mktemp("store")))
+    return cfg, load_splits(cfg, log=lambda message: None)
 
 
 def _runs(demo_store_16, **changes):
@@ -59,6 +84,12 @@ def test_bf16_autocast_on_cuda_runs_and_is_finite(demo_store_16):
         _, logits, _ = training.model(batch["input_ids"], batch["attention_mask"],
                                       batch["mask_pos"], batch["p_free"])
     assert logits.dtype == torch.bfloat16
+    # The critics score in fp32 with autocast off: the same numbers as outside autocast.
+    query, candidates = torch.randn(8, 384, device=CUDA), torch.randn(8, 3, 384, device=CUDA)
+    with training.autocast():
+        scores = training.model.critic_rep(query, candidates)
+    assert scores.dtype == torch.float32
+    torch.testing.assert_close(scores, training.model.critic_rep(query, candidates))
     history = list(training.epochs())
     assert len(history) == 2
     for record in history:
@@ -66,47 +97,56 @@ def test_bf16_autocast_on_cuda_runs_and_is_finite(demo_store_16):
             assert math.isfinite(record[name]), (name, record)
 
 
-def test_a_trial_under_a_fractional_gpu_caps_its_memory(monkeypatch):
-    """The trainable, in a pretend trial holding a quarter of the GPU: allocating a third
-    of the GPU fails inside it, a twentieth does not."""
-    import ray.tune
-
-    from infoprompt.config import InfoPromptConfig
-    from tune import trainable as trainable_module
-
+def test_a_process_under_a_fractional_gpu_caps_its_memory():
+    """A quarter of the GPU, less room for a CUDA context: allocating a third of the GPU
+    fails, a twentieth does not; the trial's end hands the cache back."""
     total = torch.cuda.get_device_properties(CUDA).total_memory
-    seen = {}
-
-    class Probe:
-        def __init__(self, cfg, splits, *, resume=None):
-            if hasattr(torch.cuda, "get_per_process_memory_fraction"):
-                seen["fraction"] = torch.cuda.get_per_process_memory_fraction(0)
-            small = torch.empty(total // 20, dtype=torch.uint8, device=CUDA)
-            del small
-            try:
-                torch.empty(total // 3, dtype=torch.uint8, device=CUDA)
-                seen["third"] = "allocated"
-            except torch.cuda.OutOfMemoryError:
-                seen["third"] = "refused"
-            raise RuntimeError("probe done")
-
-    resources = types.SimpleNamespace(required_resources={"CPU": 1, "GPU": 0.25})
-    monkeypatch.setattr(ray.tune, "get_context", lambda: types.SimpleNamespace(
-        get_trial_resources=lambda: resources))
-    monkeypatch.setattr(trainable_module, "_restored_states", lambda: None)
-    monkeypatch.setattr(trainable_module, "Training", Probe)
-    threads = torch.get_num_threads()
     try:
-        with pytest.raises(RuntimeError, match="probe done"):
-            trainable_module.trainable({}, base=InfoPromptConfig(task="demo", device="cuda"),
-                                       draws={0: None})
+        fraction = cap_gpu_memory(0.25, CUDA)
+        assert 0.2 < fraction < 0.25
+        small = torch.empty(total // 20, dtype=torch.uint8, device=CUDA)
+        with pytest.raises(torch.cuda.OutOfMemoryError):
+            torch.empty(total // 3, dtype=torch.uint8, device=CUDA)
+        release_memory(CUDA, [small])
+        del small
+        release_memory(CUDA, [])
+        assert torch.cuda.memory_reserved() < total // 20
     finally:
-        torch.set_num_threads(threads)
         torch.cuda.set_per_process_memory_fraction(1.0, 0)
-    assert seen["third"] == "refused"
-    assert seen.get("fraction", 0.25) == pytest.approx(0.25)
-    # The trial's end handed the cache back.
-    assert torch.cuda.memory_reserved() < total // 20
+
+
+def test_the_step_loop_never_waits_for_the_device(demo_store_16):
+    """torch's sync debug mode warns at every operation that makes the host wait. Only the
+    encoder's own forward may (transformers' SDPA mask check, `padding_mask.all()` in
+    masking_utils.py, once per forward): the encoder floor in bench/step_time.py pays it
+    too. None from infoprompt/, torch's optimizer or the gradient clipping."""
+    cfg, splits = _runs(demo_store_16, device="cuda", epochs=2, diagnostics=False)
+    training = Training(cfg, splits)
+    rows = list(range(8))
+    training.step(training.batch(training.train_data, rows))  # allocations, lazy inits
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for _ in range(3):
+                training.step(training.batch(training.train_data, rows))
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    waits = [f"{w.filename}:{w.lineno}: {w.message}" for w in caught
+             if "synchroniz" in str(w.message) and "/transformers/" not in w.filename]
+    assert waits == []
+
+
+def test_a_resumed_run_continues_the_gpus_generator(demo_store_16):
+    cfg, splits = _runs(demo_store_16, device="cuda", epochs=3)
+    first = Training(cfg, splits)
+    next(first.epochs())
+    state = first.state(with_best=False)
+    expected = torch.randn(4, device=CUDA)  # what the uninterrupted run draws next
+    torch.randn(100, device=CUDA)  # the generator moves on (another trial, a retry)
+    Training(cfg, splits, resume=state)
+    torch.testing.assert_close(torch.randn(4, device=CUDA), expected, rtol=0, atol=0)
 
 
 def _host_to_device_copies(work) -> int:

@@ -13,22 +13,31 @@ import ray.tune
 import torch
 
 from infoprompt.config import InfoPromptConfig
+from infoprompt.gpu_memory import CUDA_CONTEXT_BYTES
 from tune import trainable as trainable_module
 from tune.trainable import cap_gpu_memory, gpu_memory_fraction, release_memory, trainable
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 
 
-@pytest.mark.parametrize(("share", "device", "fraction"), [
-    (0.25, CUDA, 0.25),  # four trials a GPU: each gets a quarter of its memory
-    (0.5, torch.device("cuda:1"), 0.5),
-    (1.0, CUDA, None),  # a whole GPU: no cap
-    (2.0, CUDA, None),
-    (0.0, CUDA, None),  # no GPU asked (device auto on a GPU node): nothing to share
-    (0.25, CPU, None),  # --device cpu: torch.cuda is never touched
+GIB = 2 ** 30
+
+
+@pytest.mark.parametrize(("share", "device", "total", "fraction"), [
+    # four trials on an 80 GiB GPU: each gets a quarter of what the four contexts leave
+    (0.25, CUDA, 80 * GIB, 0.25 - 1 / 80),
+    (0.5, torch.device("cuda:1"), 24 * GIB, 0.5 - 1 / 24),
+    (0.25, CUDA, 2 * GIB, 0.125),  # a tiny GPU: never below half the share
+    (1.0, CUDA, 80 * GIB, None),  # a whole GPU: no cap
+    (2.0, CUDA, 80 * GIB, None),
+    (0.0, CUDA, 80 * GIB, None),  # no GPU asked (device auto on a GPU node): nothing to share
+    (0.25, CPU, 80 * GIB, None),  # --device cpu: torch.cuda is never touched
 ])
-def test_memory_fraction_is_the_share_only_for_a_fraction_of_a_gpu(share, device, fraction):
-    assert gpu_memory_fraction(share, device) == fraction
+def test_memory_fraction_leaves_room_for_every_process_cuda_context(share, device, total,
+                                                                     fraction):
+    assert gpu_memory_fraction(share, device, total) == pytest.approx(fraction)
+    if fraction is not None and fraction > share / 2:  # allocators + contexts fit the GPU
+        assert (fraction * total + CUDA_CONTEXT_BYTES) / share <= total * 1.0001
 
 
 @pytest.fixture
@@ -39,15 +48,17 @@ def fake_cuda(monkeypatch):
                         lambda fraction, device=None: calls.append(("fraction", fraction, device)))
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append(("empty_cache",)))
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda index: types.SimpleNamespace(total_memory=80 * GIB))
     return calls
 
 
 def test_the_cap_is_set_on_the_trials_device(fake_cuda):
-    assert cap_gpu_memory(0.25, CUDA) == 0.25
-    assert cap_gpu_memory(0.5, torch.device("cuda:1")) == 0.5
+    assert cap_gpu_memory(0.25, CUDA) == 0.25 - 1 / 80
+    assert cap_gpu_memory(0.5, torch.device("cuda:1")) == 0.5 - 1 / 80
     assert cap_gpu_memory(1.0, CUDA) is None
     assert cap_gpu_memory(0.25, CPU) is None
-    assert fake_cuda == [("fraction", 0.25, 0), ("fraction", 0.5, 1)]
+    assert fake_cuda == [("fraction", 0.25 - 1 / 80, 0), ("fraction", 0.5 - 1 / 80, 1)]
 
 
 def test_release_drops_the_runs_and_empties_the_cache_only_on_cuda(fake_cuda):
@@ -99,8 +110,8 @@ def fake_trial(monkeypatch, fake_cuda):
 def test_a_trial_caps_its_gpu_memory_and_cleans_up_when_training_raises(fake_trial):
     FakeTraining.error = RuntimeError("boom")
     with pytest.raises(RuntimeError, match="boom"):
-        trainable({}, base=InfoPromptConfig(task="demo"), splits=None)
-    assert fake_trial == [("fraction", 0.25, 0), ("empty_cache",)]
+        trainable({}, base=InfoPromptConfig(task="demo"), draws={0: None})
+    assert fake_trial == [("fraction", 0.25 - 1 / 80, 0), ("empty_cache",)]
 
 
 def test_a_trial_stopped_by_the_scheduler_frees_its_runs_before_emptying_the_cache(
@@ -119,6 +130,6 @@ def test_a_trial_stopped_by_the_scheduler_frees_its_runs_before_emptying_the_cac
 
     monkeypatch.setattr(ray.tune, "report", stop)
     with pytest.raises(SystemExit):
-        trainable({}, base=InfoPromptConfig(task="demo"), splits=None)
-    assert fake_trial == [("fraction", 0.25, 0)]
+        trainable({}, base=InfoPromptConfig(task="demo"), draws={0: None})
+    assert fake_trial == [("fraction", 0.25 - 1 / 80, 0)]
     assert alive_at_cleanup == [[False]]  # the run was gone when the cache was emptied

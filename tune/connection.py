@@ -49,8 +49,10 @@ def connect(address: str | None) -> None:
             ray.init(address=address, log_to_driver=True)
         else:
             # "local": a new Ray even if RAY_ADDRESS or a `ray start` on this machine names
-            # another cluster (joining one takes --address).
-            ray.init(address="local", include_dashboard=False)
+            # another cluster (joining one takes --address). Nothing outside this machine
+            # joins it: on loopback, Ray skips finding this machine's address, which waits
+            # on DNS where there is no network.
+            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1")
     except Exception as error:  # noqa: BLE001 - ray raises ConnectionError, RuntimeError, …
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise _cannot_connect(address, reason) from None

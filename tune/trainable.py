@@ -7,7 +7,6 @@ restarted trial (node loss, `--resume`) continues from `ray.tune.get_checkpoint(
 
 from __future__ import annotations
 
-import gc
 import os
 import pickle
 import tempfile
@@ -20,6 +19,7 @@ import torch
 
 from infoprompt.config import InfoPromptConfig
 from infoprompt.errors import InfoPromptError
+from infoprompt.gpu_memory import cap_gpu_memory, gpu_memory_fraction, release_memory
 from infoprompt.store import Splits
 from infoprompt.train import Training, fit, resolve_device
 from tune.objective import Objective, objective_value
@@ -36,39 +36,6 @@ def _mean(records: tuple[dict[str, Any], ...]) -> dict[str, Any]:
     mean: those stay out)."""
     return {name: sum(r[name] for r in records) / len(records)
             for name in records[0] if name not in PER_RUN_ONLY}
-
-
-def gpu_memory_fraction(share: float, device: torch.device) -> float | None:
-    """The cap on this process's CUDA memory for a trial holding `share` of a GPU: the share
-    itself when it is a fraction and the trial runs on CUDA, else None (no cap: a whole GPU,
-    or CPU)."""
-    if device.type != "cuda" or not 0 < share < 1:
-        return None
-    return float(share)
-
-
-def cap_gpu_memory(share: float, device: torch.device) -> float | None:
-    """Under fractional GPUs (`--gpus-per-trial 0.25`) Ray only counts; nothing stops one
-    trial from taking the whole GPU's memory and failing the others with out-of-memory.
-    Caps torch's caching allocator at the trial's share (the process's CUDA context is
-    outside it) and returns the fraction set, or None."""
-    fraction = gpu_memory_fraction(share, device)
-    if fraction is not None:  # torch wants an index: "cuda" alone is the current device
-        index = torch.cuda.current_device() if device.index is None else device.index
-        torch.cuda.set_per_process_memory_fraction(fraction, index)
-    return fraction
-
-
-def release_memory(device: torch.device, held: list) -> None:
-    """End of a trial: Tune reuses the worker process for the next trial (reuse_actors), so
-    drop this one's models and optimizer states and, on CUDA, hand the cache back (other
-    trials on the same GPU can use it). On CPU dropping the references frees them; a full
-    gc.collect() there only delays the end of the trial, and Tune gives a stopped trial's
-    thread a few seconds to end before it refuses to reuse the worker."""
-    held.clear()
-    if device.type == "cuda":
-        gc.collect()
-        torch.cuda.empty_cache()
 
 
 def trainable(params: dict[str, Any], *, base: InfoPromptConfig, draws: dict[int, Splits],
