@@ -56,8 +56,10 @@ def test_a_state_file_that_would_run_code_is_refused(tmp_path):
     path = tmp_path / "state.pt"
     torch.save([{"epoch": 1, "model": Payload(str(marker))}], path)
 
-    with pytest.raises(InfoPromptError, match="holds more than tensors and plain data"):
+    with pytest.raises(InfoPromptError, match="holds more than tensors and plain data") as no:
         load_states(str(path))
+    # What it found, and no advice to load it the unsafe way (torch's message opens with it).
+    assert "GLOBAL posix.mkdir" in str(no.value) and "weights_only" not in str(no.value), no.value
     assert not marker.exists()
     # The payload is real: the old weights_only=False load ran it.
     torch.load(path, weights_only=False)

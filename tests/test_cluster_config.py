@@ -587,6 +587,30 @@ def _scoped_to_cluster(statement: dict, action: str, cluster_name: str | None) -
     return bool(cluster_name) and _as_list(equals.get(CLUSTER_TAG)) == [cluster_name]
 
 
+def _run_instances_problems(where: str, statement: dict, cfg: dict) -> list[str]:
+    """ec2:RunInstances: on instance/* only the worker types gpu.yaml launches, tagged with
+    its cluster_name at launch (Ray's TagSpecifications); never on every resource."""
+    resources = _as_list(statement.get("Resource", []))
+    if "*" in resources:
+        return [f"{where}: ec2:RunInstances on every resource; limit instance/* to the worker "
+                "types of gpu.yaml and its cluster tag"]
+    if not any(r.endswith(":instance/*") for r in resources):
+        return []  # what a launch uses besides the instance: images, subnets, volumes, ...
+    equals = (statement.get("Condition") or {}).get("StringEquals") or {}
+    head = cfg.get("head_node_type")
+    workers = {(t.get("node_config") or {}).get("InstanceType")
+               for name, t in (cfg.get("available_node_types") or {}).items() if name != head}
+    problems = []
+    if set(_as_list(equals.get("ec2:InstanceType", []))) != workers:
+        problems.append(f"{where}: ec2:RunInstances instance types "
+                        f"{sorted(_as_list(equals.get('ec2:InstanceType', [])))}, not the "
+                        f"worker types of gpu.yaml {sorted(workers)}")
+    if _as_list(equals.get("aws:RequestTag/ray-cluster-name")) != [cfg.get("cluster_name")]:
+        problems.append(f"{where}: ec2:RunInstances of instances not tagged "
+                        f"ray-cluster-name={cfg.get('cluster_name')} (gpu.yaml cluster_name)")
+    return problems
+
+
 def _check_role_policies(role: str, docs: dict[str, dict], cfg: dict) -> list[str]:
     """Problems in the inline policies of the `head` or `worker` role."""
     problems = []
@@ -629,6 +653,8 @@ def _check_role_policies(role: str, docs: dict[str, dict], cfg: dict) -> list[st
                         )
                 elif service == "ec2" and role == "worker":
                     problems.append(f"{where}: {action} (workers run trial code: no EC2 rights)")
+                elif action == "ec2:RunInstances" and role == "head":
+                    problems += _run_instances_problems(where, st, cfg)
                 elif service == "ec2":
                     if action not in allowed_ec2:
                         problems.append(f"{where}: {action} is not a call of Ray's autoscaler")
@@ -800,6 +826,7 @@ def _profile(cfg, node_type, name):
 WORKER_OBJECTS = "ReadWriteObjectsInTheResultsBucket"
 PASS_ROLE = "StartWorkersWithTheWorkerRoleOnly"
 TERMINATE = "RetagAndTerminateThisClustersNodesOnly"
+LAUNCH = "LaunchOnlyTheWorkerTypesOfGpuYamlTaggedForThisCluster"
 
 IAM_MUTATIONS = {
     "worker-gets-head-profile": (
@@ -909,8 +936,28 @@ IAM_MUTATIONS = {
         "head role lacks ec2:StartInstances",
     ),
     "head-cannot-launch": (
-        _edit_statement("autoscaler", "LaunchWorkers", lambda s: s.update(Action=[])),
+        lambda setup: [_edit_statement("autoscaler", sid, lambda s: s.update(Action=[]))(setup)
+                       for sid in (LAUNCH, "WhatALaunchUses")],
         "head role lacks ec2:RunInstances",
+    ),
+    "launch-on-any-resource": (
+        _edit_statement("autoscaler", LAUNCH, lambda s: s.update(Resource="*")),
+        "ec2:RunInstances on every resource",
+    ),
+    "launch-any-instance-type": (
+        _edit_statement("autoscaler", LAUNCH,
+                        lambda s: s["Condition"]["StringEquals"].pop("ec2:InstanceType")),
+        "ec2:RunInstances instance types [], not the worker types of gpu.yaml",
+    ),
+    "launch-a-type-gpu-yaml-does-not-use": (
+        _edit_statement("autoscaler", LAUNCH, lambda s: s["Condition"]["StringEquals"]
+                        ["ec2:InstanceType"].append("p4d.24xlarge")),
+        "not the worker types of gpu.yaml ['g5.12xlarge', 'g5.xlarge']",
+    ),
+    "launch-untagged": (
+        _edit_statement("autoscaler", LAUNCH, lambda s: s["Condition"]["StringEquals"]
+                        .pop("aws:RequestTag/ray-cluster-name")),
+        "ec2:RunInstances of instances not tagged ray-cluster-name=infoprompt-search",
     ),
     "workers-cannot-write": (
         _edit_statement(

@@ -14,7 +14,7 @@ from tune.tuner import StudySearch, trial_name
 def test_the_optuna_trial_and_tunes_trial_share_one_name(tmp_path):
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     search = StudySearch(sampler=optuna.samplers.RandomSampler(seed=0), study_name="s",
-                         storage=optuna.storages.RDBStorage(url))
+                         study_url=url, max_epochs=3)
     search.set_search_properties("objective", "max", {"lr": ray.tune.loguniform(1e-4, 1e-1)})
     for trial_id in ("8b3c37a1", "0f00ba44"):
         search.suggest(trial_id)

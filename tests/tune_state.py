@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import time
 from pathlib import Path
 
 
@@ -50,3 +52,37 @@ def trial_folder(experiment: Path, trial_id: str) -> Path:
     found = sorted(experiment.glob(f"trial_*_{trial_id}"))
     assert len(found) <= 1, found
     return found[0] if found else experiment / f"trial_missing_{trial_id}"
+
+
+# --- waiting for Ray on a shared machine ------------------------------------------------------
+
+
+def slowness() -> float:
+    """How many times slower than when idle this machine runs now, measured: the 1-minute
+    load average per core (a 2-core laptop running 8 busy processes: 4), at least 1."""
+    return max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
+
+
+class Deadline:
+    """A wait that takes `seconds` on an idle machine, stretched by the slowness measured at
+    each check (the highest seen): on a loaded machine a search is slower, not stuck."""
+
+    def __init__(self, seconds: float):
+        self.seconds, self.started, self.factor = seconds, time.monotonic(), slowness()
+
+    def passed(self) -> bool:
+        self.factor = max(self.factor, slowness())
+        return time.monotonic() - self.started > self.seconds * self.factor
+
+    def left(self) -> float:
+        """Seconds left at the slowness seen so far (a subprocess timeout)."""
+        self.passed()
+        return max(1.0, self.started + self.seconds * self.factor - time.monotonic())
+
+    def __str__(self) -> str:
+        return f"{self.seconds:.0f} s x {self.factor:.1f} (measured slowness)"
+
+
+def scaled(seconds: float) -> float:
+    """`seconds` on an idle machine, at the slowness measured now."""
+    return seconds * slowness()

@@ -25,8 +25,8 @@ from infoprompt.errors import InfoPromptError
 from infoprompt.folders import check_writable_folder
 from tune.settings import SearchSettings, saved_json
 
-__all__ = ["check_storage", "experiment_lock", "experiment_path", "is_uri", "load_settings",
-           "publish", "save_settings"]
+__all__ = ["check_storage", "experiment_lock", "experiment_path", "is_uri", "load_results",
+           "load_settings", "publish", "save_settings"]
 
 SETTINGS = "search_args.json"
 LOCK = ".search.lock"  # held (flock) while a search of the experiment runs
@@ -87,20 +87,31 @@ def save_settings(settings: SearchSettings, storage: str, name: str) -> None:
         publish(Path(folder), storage, name)
 
 
+def _read_text(path: str, file: str) -> str:
+    """A file of the experiment at `path` (local or cloud); OSError if it cannot be read."""
+    if is_uri(path):
+        import pyarrow.fs
+
+        fs, inner = pyarrow.fs.FileSystem.from_uri(f"{path.rstrip('/')}/{file}")
+        with fs.open_input_stream(inner) as stream:
+            return stream.read().decode()
+    return (Path(path) / file).read_text()
+
+
 def load_settings(path: str) -> SearchSettings | None:
     """The settings an experiment was started with; None if it saved none we can read."""
     try:
-        if is_uri(path):
-            import pyarrow.fs
-
-            fs, inner = pyarrow.fs.FileSystem.from_uri(f"{path.rstrip('/')}/{SETTINGS}")
-            with fs.open_input_stream(inner) as stream:
-                body = json.loads(stream.read())
-        else:
-            body = json.loads((Path(path) / SETTINGS).read_text())
-        return SearchSettings.from_dict(body)
+        return SearchSettings.from_dict(json.loads(_read_text(path, SETTINGS)))
     except (OSError, ValueError, KeyError, TypeError):  # missing, or an older layout
         return None
+
+
+def load_results(path: str) -> tuple[dict[str, Any] | None, str]:
+    """The search's results.json and results.md, (None, "") if it has none yet."""
+    try:
+        return json.loads(_read_text(path, "results.json")), _read_text(path, "results.md")
+    except (OSError, ValueError):
+        return None, ""
 
 
 # --- before Ray starts: the storage path, the name, the lock ---------------------------------

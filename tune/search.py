@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -34,7 +35,7 @@ from tune.experiment import (
 )
 from tune.interrupt import interrupted_message, sigint_watched, unfinished_trials
 from tune.settings import SearchSettings, add_settings_arguments, resumed, settings_from_args
-from tune.space import SPACE, add_space_arguments, paper_point
+from tune.space import SPACE, add_space_arguments, flag, paper_point
 
 __all__ = ["final_evaluation", "fit_on_seeds", "main", "parse_args", "rerank", "search"]
 
@@ -43,11 +44,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Every flag defaults to "not given": the Namespace holds only what the user set."""
     parser = ArgumentParser(  # bad flags: one `error:` line, exit 2
         prog="python tune/search.py", description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False)  # --beta is not --beta-range: a fixed value is not a range
+    # "-1e-3" is a number, not a flag (argparse knows only -1 and -.5), so that
+    # `--lr-range -1e-3 1e-2` is refused for its value rather than "expected 2 arguments".
+    parser._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
     add_settings_arguments(parser)
     add_space_arguments(parser)
     # Searched fields are set by the search; --epochs sits with ASHA's flags.
     add_config_arguments(parser, skip={*SPACE, "epochs"})
+    for arg in sys.argv[1:] if argv is None else argv:
+        field = arg.split("=")[0].removeprefix("--").replace("-", "_")
+        if arg.startswith("--") and field in SPACE:
+            raise InfoPromptError(f"{arg.split('=')[0]} is set by the search; narrow it with "
+                                  f"{flag(field)} (one value: a single choice, or LOW = HIGH)")
     return parser.parse_args(argv)
 
 
@@ -180,7 +190,8 @@ def _finished(job: Any) -> dict[str, Any] | None:
         raise
 
 
-def write_reports(summary: Any, storage: str, name: str, study_url: str) -> tuple[str, str]:
+def write_reports(summary: Any, storage: str, name: str, study_url: str,
+                  study: str) -> tuple[str, str]:
     """results.json, results.md and Optuna's plots of the study into the experiment folder
     (with a cloud storage path, the study's file too); returns where, and the Markdown."""
     from tune import report
@@ -189,7 +200,7 @@ def write_reports(summary: Any, storage: str, name: str, study_url: str) -> tupl
 
     label = objective_label(summary.search["objective"]["name"], summary.metric)
     with tempfile.TemporaryDirectory() as folder:
-        notes = write_plots(load_study(study_url, name), Path(folder), label)
+        notes = write_plots(load_study(study_url, study), Path(folder), label)
         summary = summary._replace(search={**summary.search, "plots_left_out": notes})
         report.write_json(summary, Path(folder) / "results.json")
         report.write_markdown(summary, Path(folder) / "results.md")
@@ -273,10 +284,17 @@ def _locked_search(settings: SearchSettings, given: set[str], storage: str, name
             settings = resumed(saved, settings.replace(name=name), given)
             check_gpus(settings)
 
-    from infoprompt.store import load_splits
-    from tune.study import check_study_name, warm_trials
+    if settings.resume and _print_finished(settings, path):
+        return {"path": path, "summary": None}
 
-    check_study_name(settings, name)
+    from infoprompt.store import load_splits
+    from tune.study import check_optuna_storage, check_study_name, warm_trials
+
+    # The study's database, checked and prepared before Ray starts: Ray's restore would
+    # otherwise fail into a fresh start over the experiment's state.
+    check_optuna_storage(settings)
+    settings = _checked_study(settings, storage, name, path)
+    check_study_name(settings, settings.study_name)
     warm = warm_trials(settings)  # refused before any work if it does not match
     # The search never reads test; every trial trains on every one of these draws.
     draws = {seed: load_splits(settings.config.replace(seed=seed), with_test=False)
@@ -286,6 +304,45 @@ def _locked_search(settings: SearchSettings, given: set[str], storage: str, name
         return _search(settings, draws, storage, name, path, warm)
     finally:  # also for callers of search() in-process, and on errors
         ray.shutdown()
+
+
+def _checked_study(settings: SearchSettings, storage: str, name: str,
+                   path: str) -> SearchSettings:
+    """The settings with the study's name: a new search's is its experiment's; a resumed
+    one's is the name it recorded, in a database checked now."""
+    from tune.study import check_resumable_study, study_name, study_storage
+
+    if not settings.resume:
+        return settings.replace(study_name=name)
+    settings = settings.replace(study_name=study_name(settings, name))
+    trials = None if is_uri(storage) else len(experiment_state_trials(Path(path)))
+    check_resumable_study(study_storage(settings, storage, name), settings.study_name,
+                          path, trials or 0)
+    return settings
+
+
+def experiment_state_trials(experiment: Path) -> list[dict]:
+    """The trials of Tune's newest experiment state (by the session time in its name)."""
+    import json
+
+    files = sorted(experiment.glob("experiment_state-*.json"))
+    if not files:
+        return []
+    return json.loads(files[-1].read_text()).get("trial_data", [])
+
+
+def _print_finished(settings: SearchSettings, path: str) -> bool:
+    """--resume of a search that has its final results: print them rather than re-run the
+    final evaluation (--re-evaluate does)."""
+    from tune.experiment import load_results
+
+    results, markdown = load_results(path)
+    done = results is not None and (results.get("final") or not settings.final_seeds)
+    if not done or settings.re_evaluate:
+        return False
+    print(f"{markdown}\nThis search is finished ({path}/results.md): nothing to resume. Add "
+          "--re-evaluate to run its final evaluation again.")
+    return True
 
 
 def _search(settings: SearchSettings, draws: dict[int, Any], storage: str, name: str,
@@ -308,10 +365,10 @@ def _search(settings: SearchSettings, draws: dict[int, Any], storage: str, name:
               f"(TUNE_MAX_PENDING_TRIALS_PG={pending}), so the autoscaler is asked for them "
               "together", flush=True)
     study_url = study_storage(settings, storage, name)
-    prepare_study(settings, study_url, name, warm)
+    prepare_study(settings, study_url, settings.study_name, warm)
     if settings.resume:
         print(f"resuming {path}", flush=True)
-        tuner = restore_tuner(path, settings, draws)
+        tuner = restore_tuner(storage, name, settings, draws, study_url=study_url)
     else:
         save_settings(settings, storage, name)
         tuner = build_tuner(settings, draws, storage_path=storage, name=name,
@@ -329,10 +386,11 @@ def _search(settings: SearchSettings, draws: dict[int, Any], storage: str, name:
                                method=cfg.method.value, trials=rows, final={},
                                search=search_record(settings, concurrent))
     # Written now and again after the final evaluation: a failure there loses no search.
-    target, markdown = write_reports(summary, storage, name, study_url)
+    target, markdown = write_reports(summary, storage, name, study_url, settings.study_name)
     if settings.rerank_top:
         summary = summary._replace(rerank=rerank(settings, rows))
-        target, markdown = write_reports(summary, storage, name, study_url)
+        target, markdown = write_reports(summary, storage, name, study_url,
+                                         settings.study_name)
     if settings.final_seeds:
         configs = {"returned": summary.returned_config,
                    "default": paper_point(cfg, settings.space)}
@@ -340,7 +398,8 @@ def _search(settings: SearchSettings, draws: dict[int, Any], storage: str, name:
         final.update(report.final_comparison(final["returned"]["per_seed"],
                                              final["default"]["per_seed"]))
         summary = summary._replace(final=final)
-        target, markdown = write_reports(summary, storage, name, study_url)
+        target, markdown = write_reports(summary, storage, name, study_url,
+                                         settings.study_name)
     print("\n" + markdown)
     print(f"{len(rows)} trials, {summary.stopped_early} stopped early, "
           f"{time.perf_counter() - started:.0f}s. Results: {target}/results.md\n"

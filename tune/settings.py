@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -110,6 +111,11 @@ class SearchSettings:
     verbose: int = _field(1, "console: 0 = the search's own lines only, 1 = also Ray's trial "
                              "table every 30 s, 2 = also each trial's config and results as "
                              "it starts, reports and ends", "Ray")
+    re_evaluate: bool = _field(False, "with --resume of a finished search: run its final "
+                                      "evaluation again (default: print its results)", "Ray")
+    # Not a flag: the experiment's record of its Optuna study's name (search_args.json), so
+    # that a renamed or copied experiment finds its study (tune/study.py).
+    study_name: str | None = None
 
     def __post_init__(self) -> None:
         # A field narrowed to one choice is the configuration's value, not a search dimension.
@@ -209,13 +215,21 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
     given = vars(args)
     own = {f.name: given[f.name] for f in dataclasses.fields(SearchSettings)
            if f.name in given and "group" in f.metadata}
-    return SearchSettings(config=config_from_args(args), space=space_from_args(args), **own)
+    settings = SearchSettings(config=config_from_args(args), space=space_from_args(args), **own)
+    cfg = settings.config
+    unused = [name for name in SPACE if f"{name}_space" in given and name in cfg.unused_fields]
+    if unused:  # the sampler never sees it: say so rather than ignore the flag silently
+        print(f"warning: {', '.join(flag(name) for name in unused)}: {', '.join(unused)} is "
+              f"not searched with --method {cfg.method.value} --critic {cfg.critic.value} "
+              f"--estimator {cfg.estimator.value} (it changes nothing that trains), so the "
+              "flag has no effect", file=sys.stderr)
+    return settings
 
 
 # What a resumed search takes from the command that resumes it rather than from the
 # experiment's saved settings: where the experiment is and which Ray to use; the resources
 # per trial only when given (a cluster may have changed).
-RESUME_TAKES = ("address", "storage_path", "name", "resume", "verbose")
+RESUME_TAKES = ("address", "storage_path", "name", "resume", "verbose", "re_evaluate")
 RESUME_MAY_CHANGE = ("cpus_per_trial", "gpus_per_trial")
 
 

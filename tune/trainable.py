@@ -108,9 +108,14 @@ def load_states(path: str) -> list[dict]:
         # On the CPU first: a checkpoint written on a GPU must load on a node without one.
         return torch.load(path, weights_only=True, map_location="cpu")
     except pickle.UnpicklingError as error:
-        reason = (str(error).strip().splitlines() or ["not a state file"])[0][:200]
-        raise InfoPromptError(f"checkpoint {path} holds more than tensors and plain data; "
-                              f"refusing to load it (tampered with?): {reason}") from None
+        # torch's message opens with how to load it anyway (weights_only=False): the one
+        # thing not to do with a file that may run code. Keep only what it found.
+        found = [line.strip().rstrip(".") for line in str(error).splitlines()
+                 if "GLOBAL" in line or "WeightsUnpickler" in line] or ["not a state file"]
+        raise InfoPromptError(f"checkpoint {path} holds more than tensors and plain data, so "
+                              "it could run code when loaded; refusing to load it (tampered "
+                              f"with?): {found[0][:200]}. Delete the trial's checkpoint, or "
+                              "the experiment, and search again") from None
 
 
 def final_fit(cfg: InfoPromptConfig, splits: Splits, save_to: str | None = None
