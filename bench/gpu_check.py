@@ -22,7 +22,6 @@ import os
 import platform
 import subprocess
 import sys
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any

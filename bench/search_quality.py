@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import statistics
 import sys
 import tempfile
@@ -115,7 +116,7 @@ def incumbents(experiment: Path, trials: list[dict[str, Any]],
         if found is None or "objective" not in found[0]:
             continue
         frame, start = found
-        trial_id = folder.name.removeprefix("trial_")
+        trial_id = re.sub(r"^trial_(\d+_)?", "", folder.name)  # tuner.trial_name
         reports += [(start + float(row.time_total_s), trial_id, int(row.epoch),
                      float(row.objective)) for row in frame.itertuples()]
     reports.sort()

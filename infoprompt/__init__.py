@@ -4,7 +4,7 @@ from infoprompt.config import ConfigError, Critic, InfoPromptConfig, Method
 from infoprompt.errors import InfoPromptError
 
 __all__ = ["ConfigError", "Critic", "InfoPromptConfig", "InfoPromptError", "Method", "fit",
-           "load_splits", "run"]
+           "load_model", "load_splits", "run"]
 
 
 def __getattr__(name: str):
@@ -15,4 +15,7 @@ def __getattr__(name: str):
     if name == "load_splits":
         from infoprompt.store import load_splits
         return load_splits
+    if name == "load_model":
+        from infoprompt.saved import load_model
+        return load_model
     raise AttributeError(name)

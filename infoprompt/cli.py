@@ -21,7 +21,7 @@ from infoprompt.errors import InfoPromptError
 from infoprompt.folders import check_writable_folder
 
 __all__ = ["ArgumentParser", "add_config_arguments", "add_dataclass_arguments",
-           "config_from_args", "fail", "guarded", "main"]
+           "config_from_args", "fail", "guarded", "main", "predict_main"]
 
 
 def _flag_type(hint: Any) -> Any:
@@ -35,17 +35,23 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, *, title
     """One --flag per field of a settings dataclass that has a `help` (underscores become
     dashes). Flags default to "not given", so callers can tell what the user set."""
     hints = get_type_hints(cls)
-    group = parser.add_argument_group(title)
+    group = next((g for g in parser._action_groups if g.title == title), None) \
+        or parser.add_argument_group(title)  # a second call with a title adds to its group
     for field in dataclasses.fields(cls):
         if field.name in skip or "help" not in field.metadata:
             continue
         flag = "--" + field.name.replace("_", "-")
         kind = _flag_type(hints[field.name])
         default = getattr(field.default, "value", field.default)
+        shown = field.metadata["help"]
+        # A help that says what "not given" means already (None defaults) says it once.
+        if default not in (None, False) and "default:" not in shown and "(default" not in shown:
+            shown = f"{shown} (default: {default})"
         options: dict[str, Any] = {"dest": field.name, "default": argparse.SUPPRESS,
-                                   "help": f"{field.metadata['help']} (default: {default})"}
-        if kind is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+                                   "help": shown}
+        if kind is bool:  # --no-X only where X is on by default
+            group.add_argument(flag, action=argparse.BooleanOptionalAction if default
+                               else "store_true", **options)
             continue
         if "parse" in field.metadata:
             options["type"] = field.metadata["parse"]
@@ -103,32 +109,59 @@ def guarded(main: Callable[..., Any]) -> Callable[..., Any]:
 
 
 @guarded
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> Any:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["predict"]:
+        return predict_main(argv[1:])
     parser = ArgumentParser(
         prog="python -m infoprompt",
-        description="Train one InfoPrompt configuration and score it on the test split.")
+        description="Train one InfoPrompt configuration and score it on the test split. "
+                    "`python -m infoprompt predict --help`: classify new text with a saved "
+                    "model.")
     parser.add_argument("--out", type=Path, default=None,
-                        help="folder for metrics.json (default: runs/<task>-<method>-s<seed>)")
+                        help="folder for metrics.json and the run's TensorBoard events "
+                             "(default: runs/<task>-<method>-s<seed>)")
+    parser.add_argument("--save-model", type=Path, default=None, metavar="DIR",
+                        help="also save the best-valid epoch's model there, for "
+                             "`python -m infoprompt predict --model-dir DIR`")
     add_config_arguments(parser)
     args = parser.parse_args(argv)
     cfg = config_from_args(args)
     out = (args.out or Path("runs") / f"{cfg.task}-{cfg.method.value}-s{cfg.seed}").resolve()
     # Refused now, not after training: metrics.json is written only at the end.
     check_writable_folder(out, "--out")
+    if args.save_model is not None:
+        check_writable_folder(args.save_model.parent, "--save-model")
 
     # Imported here so `--help` and bad flags answer without loading torch.
+    from torch.utils.tensorboard import SummaryWriter
+
+    from infoprompt.scalars import off_terms, scalars
     from infoprompt.store import load_splits
     from infoprompt.train import fit
 
     splits = load_splits(cfg)
     metric = splits.task.metric
+    off = off_terms(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    events = SummaryWriter(str(out))
 
     def show(record: dict[str, Any]) -> None:
+        terms = "".join(f"  {name} {record[name]:.3f}" for name in ("nce_rep", "nce_head")
+                        if name not in off)
         print(f"epoch {record['epoch']:3d}  loss {record['loss']:.4f}  "
-              f"valid {metric} {record['valid_metric']:.4f}  nce_rep {record['nce_rep']:.3f}  "
-              f"nce_head {record['nce_head']:.3f}  |p| {record['prompt_norm']:.2f}", flush=True)
+              f"valid {metric} {record['valid_metric']:.4f}{terms}"
+              + (f"  |p| {record['prompt_norm']:.2f}" if "prompt_norm" not in off else ""),
+              flush=True)
+        for tag, value in scalars(record, off).items():
+            events.add_scalar(tag, value, global_step=record["epoch"])
+        events.flush()
 
-    summary = fit(cfg, splits, on_epoch=show)
+    try:
+        summary = fit(cfg, splits, on_epoch=show,
+                      save_dir=None if args.save_model is None else args.save_model.resolve())
+    finally:
+        events.close()
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(summary, indent=2))
@@ -140,5 +173,62 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                               f"the run's metrics.json is saved as {kept}") from None
     print(f"best epoch {summary['best_epoch']}: valid {metric} "
           f"{summary['best_valid_metric']:.4f}, test {metric} {summary['test_metric']:.4f} "
-          f"-> {out / 'metrics.json'}")
+          f"-> {out / 'metrics.json'}\nTensorBoard: tensorboard --logdir {out}")
+    if "saved_to" in summary:
+        print(f"model saved: python -m infoprompt predict --model-dir {summary['saved_to']} "
+              "--input FILE")
     return summary
+
+
+def predict_main(argv: list[str]) -> int:
+    """`python -m infoprompt predict`: a saved model's predictions for new text."""
+    parser = ArgumentParser(
+        prog="python -m infoprompt predict",
+        description="Classify text with a model saved by `python -m infoprompt --save-model` "
+                    "or by a search's final evaluation. Writes each input with its predicted "
+                    "label and one probability column per class (p_<label>).")
+    parser.add_argument("--model-dir", type=Path, required=True,
+                        help="the saved model's folder (model.safetensors + infoprompt.json)")
+    parser.add_argument("--input", default=None,
+                        help=".tsv or .csv with a header, or .jsonl, whose columns are the "
+                             "task's text fields (sentence; or sentence1 and sentence2); "
+                             "without it: one text per line on stdin (a pair: TAB between)")
+    parser.add_argument("--output", type=Path, default=None,
+                        help=".tsv, .csv or .jsonl (default: TSV on stdout)")
+    parser.add_argument("--task", default=None,
+                        help="refuse the folder unless it was trained for this task")
+    parser.add_argument("--device", default="auto",
+                        help="auto (cuda when available, else cpu), cpu, cuda or cuda:N")
+    args = parser.parse_args(argv)
+    if args.output is not None:
+        if args.output.suffix.lower() not in (".tsv", ".csv", ".jsonl"):
+            raise InfoPromptError(f"--output {args.output}: give a .tsv, .csv or .jsonl name")
+        check_writable_folder(args.output.parent, "--output")
+
+    from infoprompt.saved import load_model, prediction_table, read_rows
+
+    saved = load_model(args.model_dir, task=args.task, device=args.device)
+    rows = read_rows(args.input, saved.task, None if args.input else iter(sys.stdin))
+    table = prediction_table(rows, saved.predict(rows), saved.label_names)
+    _write_table(table, args.output)
+    if args.output is not None:
+        print(f"{table.num_rows} predictions -> {args.output}", file=sys.stderr)
+    return 0
+
+
+def _write_table(table: Any, path: Path | None) -> None:
+    """JSON lines for .jsonl, else CSV / TSV (stdout: TSV), quoted only where a cell needs it."""
+    import contextlib
+    import csv
+
+    rows = table.to_pylist()
+    if path is not None and path.suffix.lower() == ".jsonl":
+        path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        return
+    delimiter = "," if path is not None and path.suffix.lower() == ".csv" else "\t"
+    with (open(path, "w", newline="") if path is not None
+          else contextlib.nullcontext(sys.stdout)) as sink:
+        writer = csv.writer(sink, delimiter=delimiter, lineterminator="\n")
+        writer.writerow(table.column_names)
+        writer.writerows([row[name] for name in table.column_names] for row in rows)
+

@@ -32,7 +32,7 @@ from infoprompt.sources import load_task
 from infoprompt.tasks import Task
 from infoprompt.template import Template, prompt_free_ids
 
-__all__ = ["SPLITS", "Splits", "default_cache_dir", "load_splits", "store_key"]
+__all__ = ["SPLITS", "Splits", "default_cache_dir", "features_table", "load_splits", "store_key"]
 
 SPLITS = ("train", "valid", "test")
 FORMAT_VERSION = 1  # bump when the columns or the template change meaning
@@ -165,9 +165,8 @@ def _build(cfg: InfoPromptConfig, task: Task, raw, tokenizer, keys: dict[str, tu
     encoder.to(device)
     tables = {}
     for name in names:
-        table = tokenize(samples[name], task, tokenizer, template)
-        p_free, z_free = encode_prompt_free(encoder, table, cfg.n_prompts, device=device)
-        table = _with_features(table, p_free, z_free)
+        table = features_table(samples[name], task, tokenizer, template, encoder,
+                               device=device)
         meta = {"key": keys[name][0], "parts": keys[name][1], "split": name,
                 "rows": table.num_rows, "source": raw.source, "digest": _content_digest(table)}
         table = table.replace_schema_metadata({META_KEY: json.dumps(meta).encode()})
@@ -207,6 +206,15 @@ def tokenize(samples: pa.Table, task: Task, tokenizer, template: Template) -> pa
         "mask_pos": pa.array([e.mask_pos for e in encoded], pa.int32()),
         "text_ids": pa.array([e.text_ids for e in encoded], pa.list_(pa.int32())),
     })
+
+
+def features_table(samples: pa.Table, task: Task, tokenizer, template: Template, encoder, *,
+                   device: torch.device) -> pa.Table:
+    """What a split's store file holds: the tokenized rows with their P', Z' (also the
+    path of new text to a saved model's prediction)."""
+    table = tokenize(samples, task, tokenizer, template)
+    p_free, z_free = encode_prompt_free(encoder, table, template.n_prompts, device=device)
+    return _with_features(table, p_free, z_free)
 
 
 def encode_prompt_free(encoder, table: pa.Table, n_prompts: int, *, device: torch.device,

@@ -364,9 +364,10 @@ def run(cfg: InfoPromptConfig, splits: Splits, **options: Any) -> Iterator[dict[
 
 def fit(cfg: InfoPromptConfig, splits: Splits, *,
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
-        **options: Any) -> dict[str, Any]:
+        save_dir: str | None = None, **options: Any) -> dict[str, Any]:
     """Train to the end and score the best-valid epoch on the test split (if present):
-    the `metrics.json` of the CLI and one seed of a search's final evaluation."""
+    the `metrics.json` of the CLI and one seed of a search's final evaluation. `save_dir`:
+    where the best-valid epoch's model is saved (infoprompt/saved.py)."""
     training = Training(cfg, splits, **options)
     for record in training.epochs():
         if on_epoch is not None:
@@ -378,4 +379,15 @@ def fit(cfg: InfoPromptConfig, splits: Splits, *,
         test = training.test()
         summary["test_metric"] = test[splits.task.metric]
         summary["test_metrics"] = test
+    if save_dir is not None:
+        from infoprompt.saved import save_model
+
+        if training.best_state is not None:  # test() has loaded it already; harmless twice
+            training.model.load_state_dict(training.best_state, strict=False)
+        save_model(save_dir, training.model, splits.task,
+                   {"best_epoch": training.best_epoch,
+                    "best_valid_metric": training.best_valid,
+                    **({"test_metric": summary["test_metric"]} if "test_metric" in summary
+                       else {})})
+        summary["saved_to"] = str(save_dir)
     return summary

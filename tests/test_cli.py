@@ -32,7 +32,7 @@ def test_a_run_writes_metrics_json(tmp_path, cli_cache):
     out = tmp_path / "run"
     done = _cli("infoprompt", "--task", "demo", "--shots", "16", "--epochs", "2", "--device",
                 "cpu", "--beta", "0.2", "--out", str(out), "--cache-dir", str(cli_cache),
-                cwd=tmp_path)
+                "--save-model", str(tmp_path / "model"), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     metrics = json.loads((out / "metrics.json").read_text())
 
@@ -57,8 +57,25 @@ def test_a_run_writes_metrics_json(tmp_path, cli_cache):
     # One progress line per epoch, then where the results went.
     lines = done.stdout.splitlines()
     assert sum(line.startswith("epoch") for line in lines) == 2
-    assert str(out / "metrics.json") in lines[-1]
+    assert str(out / "metrics.json") in lines[-3]
+    assert lines[-2] == f"TensorBoard: tensorboard --logdir {out}"
+    assert f"predict --model-dir {tmp_path / 'model'}" in lines[-1]
     assert "Traceback" not in done.stderr
+    # TensorBoard events: the search's tags, each epoch once; the VIB's KL is off, so absent.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out))
+    events.Reload()
+    tags = events.Tags()["scalars"]
+    for tag in ("2_valid/valid_metric", "3_loss/loss", "3_loss/nce_rep", "4_mi/mi_rep"):
+        assert [e.step for e in events.Scalars(tag)] == [1, 2], tag
+    assert "3_loss/kl" not in tags
+    # The saved model: its manifest names the task, labels and encoder; the run's config.
+    manifest = json.loads((tmp_path / "model" / "infoprompt.json").read_text())
+    assert manifest["task"] == "demo" and manifest["label_names"] == ["corrupted",
+                                                                       "well_formed"]
+    assert manifest["encoder"]["name"] == "minilm" and manifest["config"]["beta"] == 0.2
+    assert manifest["test_metric"] == metrics["test_metric"]
 
 
 def test_data_build_reports_every_table(tmp_path, cli_cache):

@@ -29,7 +29,8 @@ import time
 from pathlib import Path
 
 import pytest
-from tune_state import Deadline, epochs, experiment_state, progress, read_results, slowness
+from tune_state import (Deadline, epochs, experiment_state, progress, read_results, slowness,
+                        trial_folder)
 
 # The waits below stretch with the machine's measured load (tune_state.Deadline); this is
 # only the last guard against a hang, as loaded as the machine is when the tests start.
@@ -296,11 +297,11 @@ def test_driver_loss_then_resume_finishes_the_search(cluster, tmp_path):
         # checkpoint before it processes the trial's next result.
         state = experiment_state(experiment)
         done = [t for t, s in state.items() if s["status"] == "TERMINATED"]
-        running = [experiment / f"trial_{t}" for t, s in state.items()
+        running = [trial_folder(experiment, t) for t, s in state.items()
                    if s["status"] != "TERMINATED"
                    and s["last_result"].get("training_iteration", 0) >= 2]
         if done and running and len(progress(running[0])) < total:
-            return experiment / f"trial_{done[0]}", running[0]
+            return trial_folder(experiment, done[0]), running[0]
         return None
 
     finished, interrupted = wait_until(saved_state_with_one_done_one_checkpointed, timeout=180,

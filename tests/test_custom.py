@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from infoprompt.custom import load_custom
-from infoprompt.tasks import DataError
 
 WORDS = ("red", "blue", "green", "small", "large", "old", "new", "fast", "slow", "warm")
 

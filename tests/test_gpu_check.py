@@ -64,14 +64,6 @@ def load_check():
     return load("gpu_check")
 
 
-def load_check():
-    spec = importlib.util.spec_from_file_location("bench_gpu_check", ROOT / "bench" /
-                                                  "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_help_names_every_part_and_bad_options_are_refused(tmp_path):
     done = subprocess.run(["bash", str(SCRIPT), "--help"], capture_output=True, text=True,
                           timeout=60, check=True)

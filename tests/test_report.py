@@ -111,7 +111,7 @@ def test_write_json(tmp_path: Path):
     assert body["trials"][2] == {"trial_id": "c", "config": {"lr": 1e-3, "k_negatives": 32},
                                  "status": "stopped early", "epochs": 1, "objective": 0.4,
                                  "last_valid_metric": 0.2, "best_valid_metric": 0.4,
-                                 "node_ip": "10.0.0.1", "curve": [0.2]}
+                                 "node_ip": "10.0.0.1", "curve": [0.2], "name": ""}
     assert body["trials"][3]["best_valid_metric"] is None
 
 
@@ -197,15 +197,18 @@ def fake_result(path: str, config: dict, curve: list[float], *, error: Exception
 
 
 def test_trial_rows_status_epochs_and_ids():
-    grid = [fake_result("/x/trial_aaa", {"lr": 1e-3}, [0.5, 0.6, 0.7], trial_id="aaa"),
-            fake_result("/x/trial_bbb", {"lr": 2e-3}, [0.5], trial_id="bbb"),
-            fake_result("/x/trial_ccc", {"lr": 1e9}, [],
+    grid = [fake_result("/x/trial_000_aaa", {"lr": 1e-3}, [0.5, 0.6, 0.7], trial_id="aaa"),
+            fake_result("/x/trial_001_bbb", {"lr": 2e-3}, [0.5], trial_id="bbb"),
+            fake_result("/x/trial_002_ccc", {"lr": 1e9}, [],
                         error=RuntimeError("Traceback ...\ninfoprompt.train.Diverged: loss "
                                            "became nan in epoch 1")),
-            fake_result("/x/trial_ddd", {"lr": 3e-3}, [0.5, 0.9],
+            fake_result("/x/trial_003_ddd", {"lr": 3e-3}, [0.5, 0.9],
                         error=RuntimeError("node lost"), trial_id="ddd")]
     rows = trial_rows(grid, max_epochs=3)
-    assert [r.trial_id for r in rows] == ["aaa", "bbb", "ccc", "ddd"]  # "trial_" stripped
+    # Ray's id (from the folder when the trial never reported) and the trial's one name.
+    assert [r.trial_id for r in rows] == ["aaa", "bbb", "ccc", "ddd"]
+    assert [r.name for r in rows] == ["trial_000_aaa", "trial_001_bbb", "trial_002_ccc",
+                                      "trial_003_ddd"]
     assert [r.status for r in rows] == [
         "completed", "stopped early",
         "error: infoprompt.train.Diverged: loss became nan in epoch 1", "error: node lost"]

@@ -27,16 +27,15 @@ from pathlib import Path
 import psutil
 import pytest
 from tune_state import epochs as reported_epochs
-from tune_state import Deadline, experiment_state, progress, read_results, scaled
+from tune_state import Deadline, experiment_state, progress, read_results, scaled, trial_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 # What the default configuration searches (in-batch negatives: K is the batch, not searched).
 PAPER_DEFAULT = {"beta": 0.1, "gamma": 0.05, "lr": 1e-3, "bottleneck": 64}
-SCALARS = ("valid_metric", "loss", "loss_pred", "nce_rep", "nce_head", "mi_rep", "mi_head", "lr",
-           "objective")
-# The method's scalars under their own TensorBoard groups, ahead of Ray's `ray/tune/`.
-TASK_TAGS = ("objective/objective", "metric/valid_metric", "metric/valid_loglik", "loss/loss",
-             "loss/nce_rep", "loss/nce_head", "mi/mi_rep", "mi/mi_head", "optim/lr")
+# The method's scalars, each once, in groups that sort in reading order (objective first).
+TASK_TAGS = ("1_objective/objective", "2_valid/valid_metric", "2_valid/valid_loglik",
+             "3_loss/loss", "3_loss/nce_rep", "3_loss/nce_head", "4_mi/mi_rep", "4_mi/mi_head",
+             "6_optim/lr")
 
 
 @pytest.fixture(scope="session")
@@ -106,13 +105,18 @@ def session_hparams(tags: dict[str, list]) -> dict[str, float | str]:
             for name, v in data.session_start_info.hparams.items()}
 
 
-def hparams_metrics(tags: dict[str, list]) -> list[str]:
-    """The metric tags the HParams tab shows for a trial."""
+def hparams_experiment(tags: dict[str, list]):
+    """The HParams tab's declared columns and metrics, as a trial's events give them."""
     from tensorboard.plugins.hparams import plugin_data_pb2
 
     [(_, value)] = tags["_hparams_/experiment"][:1]
-    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
-    return [info.name.tag for info in data.experiment.metric_infos]
+    return plugin_data_pb2.HParamsPluginData.FromString(
+        value.metadata.plugin_data.content).experiment
+
+
+def hparams_metrics(tags: dict[str, list]) -> list[str]:
+    """The metric tags the HParams tab shows for a trial."""
+    return [info.name.tag for info in hparams_experiment(tags).metric_infos]
 
 
 def last_scalar(tags: dict[str, list], tag: str) -> float:
@@ -142,8 +146,14 @@ def test_tiny_search_end_to_end(tmp_path, cache_dir):
     # Trials: all of them, with config, epochs run and the last valid metric.
     trials = results["trials"]
     assert len(trials) == samples
-    assert {t["trial_id"] for t in trials} == \
-        {p.name.removeprefix("trial_") for p in experiment.glob("trial_*")}
+    # One name per trial: its folder, results.md's row and the Optuna trial's attribute.
+    assert {t["name"] for t in trials} == {p.name for p in experiment.glob("trial_*")}
+    markdown = (experiment / "results.md").read_text()
+    for t in trials:
+        assert t["name"] == f"trial_{optuna_trials(experiment)[t['trial_id']].number:03d}_" \
+            f"{t['trial_id']}"
+        assert f"| {t['name']} |" in markdown
+        assert optuna_trials(experiment)[t["trial_id"]].user_attrs["trial_name"] == t["name"]
     for t in trials:
         assert set(t["config"]) == set(PAPER_DEFAULT)
         assert 1 <= t["epochs"] <= epochs and len(t["curve"]) == t["epochs"]
@@ -202,7 +212,7 @@ def test_tiny_search_end_to_end(tmp_path, cache_dir):
                      key=lambda t: t["objective"])
     assert [r["config"] for r in rerank["rows"]] == [PAPER_DEFAULT, challenger["config"]]
     row = rerank["rows"][1]
-    assert row["label"] == challenger["trial_id"] and len(row["per_seed"]) == 2
+    assert row["label"] == challenger["name"] and len(row["per_seed"]) == 2
     assert row["vs_default"]["per_seed"] == pytest.approx(
         [c - d for c, d in zip(row["per_seed"], rerank["rows"][0]["per_seed"])])
     returned = challenger["config"] if row["resolved_better"] else PAPER_DEFAULT
@@ -240,22 +250,48 @@ def test_tiny_search_end_to_end(tmp_path, cache_dir):
 
     # TensorBoard, per trial: the training scalars and the HParams summary.
     for t in trials:
-        folder = experiment / f"trial_{t['trial_id']}"
+        folder = trial_folder(experiment, t["trial_id"])
         tags = event_summaries(folder)
-        for name in SCALARS:
-            assert f"ray/tune/{name}" in tags, (folder, sorted(tags))  # Ray's own tags stay
         for tag in TASK_TAGS:
             assert tag in tags and len(tags[tag]) == t["epochs"], (tag, folder, sorted(tags))
-        assert len(tags["ray/tune/valid_metric"]) == t["epochs"]
+        # Each value once (no `ray/tune/` copies, no Tune bookkeeping); the KL of a VIB that
+        # is off is not logged.
+        assert not [tag for tag in tags if tag.startswith("ray/")], sorted(tags)
+        assert "3_loss/kl" not in tags and "4_mi/training_iteration" not in tags
+        assert not [tag for tag in tags if "time" in tag or "iteration" in tag], sorted(tags)
         for tag in ("_hparams_/experiment", "_hparams_/session_start_info"):
             assert tag in tags and {p for p, _ in tags[tag]} == {"hparams"}, (tag, folder)
         hparams = session_hparams(tags)
-        assert set(hparams) >= set(PAPER_DEFAULT)
+        assert set(hparams) == set(PAPER_DEFAULT) | {"task", "method", "Status"}
         for name, value in t["config"].items():
             assert hparams[name] == pytest.approx(value, rel=1e-6)
-        # The HParams metric is the objective, with the value results.json gives the trial.
-        assert hparams_metrics(tags) == ["objective/objective"]
-        assert last_scalar(tags, "objective/objective") == pytest.approx(t["objective"])
+        assert (hparams["task"], hparams["method"], hparams["Status"]) == \
+            ("demo", "infoprompt", t["status"])
+        assert last_scalar(tags, "7_trial/epochs_run") == t["epochs"]
+        # The HParams metric is the objective, with the value results.json gives the trial;
+        # a choice is a discrete column.
+        assert hparams_metrics(tags) == ["1_objective/objective", "7_trial/epochs_run"]
+        declared = hparams_experiment(tags)
+        objective = declared.metric_infos[0]
+        assert "best valid accuracy" in objective.display_name and objective.description
+        columns = {info.name: info for info in declared.hparam_infos}
+        assert list(columns["bottleneck"].domain_discrete.values)
+        assert columns["lr"].HasField("domain_interval")
+        assert last_scalar(tags, "1_objective/objective") == pytest.approx(t["objective"])
+    # The console: the objective in Ray's last table (the first has no results yet), where
+    # to look printed before any trial ran, a line per final config and seed.
+    header = done.stdout.split("Trial status:")[-1].split("\n├")[0].split()
+    assert header[header.index("objective") + 1] == "epoch", header
+    assert done.stdout.index("tensorboard --logdir") < done.stdout.index("Trial status:")
+    assert not re.search(r"Trial \S+ (result|config)", done.stdout), \
+        "per-trial boxes at the default verbosity"
+    assert re.search(r"final evaluation: returned( = default)? config, split seed 4: test "
+                     r"accuracy [\d.]+ \(\d/\d done", done.stdout), done.stdout[-3000:]
+    # The returned config's models, one per final seed, and the command that uses one.
+    assert sorted(p.name for p in (experiment / "model").iterdir()) == ["seed_3", "seed_4"]
+    returned = results["final"]["returned"]
+    assert set(returned["models"]) == {"3", "4"}
+    assert f"--model-dir {returned['model_by_valid']}" in done.stdout
     print(f"\ntiny search: {time.perf_counter() - started:.0f}s; epochs per trial "
           f"{[t['epochs'] for t in trials]}, {len(stopped)} stopped by ASHA; best "
           f"{results['best_valid_metric']:.3f}; final returned "
@@ -341,9 +377,9 @@ def test_killed_driver_then_resume_keeps_finished_trials(tmp_path, cache_dir):
     finished = {t: s for t, s in before.items() if s["status"] == "TERMINATED"}
     unfinished = set(before) - set(finished)
     assert finished and (unfinished or len(before) < samples), before
-    kept = {t: (result_lines(experiment / f"trial_{t}"),
-                reported_epochs(progress(experiment / f"trial_{t}")),
-                sorted(p.name for p in (experiment / f"trial_{t}").glob("events.out.*")))
+    kept = {t: (result_lines(trial_folder(experiment, t)),
+                reported_epochs(progress(trial_folder(experiment, t))),
+                sorted(p.name for p in trial_folder(experiment, t).glob("events.out.*")))
             for t in finished}
 
     # A resumed search keeps its own settings: a conflicting one is refused up front.
@@ -367,7 +403,7 @@ def test_killed_driver_then_resume_keeps_finished_trials(tmp_path, cache_dir):
     # Finished trials were not re-run: same reported iterations, same files.
     rows = {t["trial_id"]: t for t in results["trials"]}
     for trial_id, state in finished.items():
-        folder = experiment / f"trial_{trial_id}"
+        folder = trial_folder(experiment, trial_id)
         iterations = state["last_result"]["training_iteration"]
         assert after[trial_id]["last_result"]["training_iteration"] == iterations
         assert rows[trial_id]["epochs"] == state["last_result"]["epoch"]
@@ -608,7 +644,7 @@ def test_diverging_trials_fail_without_stopping_the_search(tmp_path, cache_dir):
     # Ray recorded every attempt of a diverged trial as Diverged (retries re-diverge: the
     # same seed, batches and lr; see the note in tune/trainable.py).
     for trial_id in diverged:
-        errors = (experiment / f"trial_{trial_id}" / "error.txt").read_text()
+        errors = (trial_folder(experiment, trial_id) / "error.txt").read_text()
         failures = errors.count("Failure # ")
         assert 1 <= failures <= 2 and errors.count("Diverged: loss became") == failures
     print(f"\nNaN: lrs {sorted(t['config']['lr'] for t in trials.values())}, "
@@ -791,6 +827,17 @@ def test_help_is_quick():
         assert flag in done.stdout
     for searched in ("--beta ", "--lr ", "--k-negatives ", "--temperature "):  # set by the search
         assert searched not in done.stdout
+    # Each default said once; no flag that only undoes a default; the scheduler's flags in
+    # one group, --epochs (ASHA's max_t) among them.
+    assert "(default: None)" not in done.stdout and "(default: False)" not in done.stdout
+    for flag_help in done.stdout.split("\n  --")[1:]:
+        assert flag_help.count("default:") + flag_help.count("(default ") <= 1, flag_help
+    rerank_help = re.search(r"\n  --rerank-top RERANK_TOP\n(.*?)\n  --", done.stdout, re.S)
+    assert "(default: 2)" in rerank_help.group(1)  # "the default" config is no default
+    assert "--no-resume" not in done.stdout and "--no-bf16" not in done.stdout
+    asha = done.stdout.split("\nearly stopping (ASHA")[1].split("\n\n")[0]
+    assert [flag for flag in re.findall(r"^  (--[\w-]+)", asha, re.M)] == \
+        ["--epochs", "--grace-period", "--reduction-factor", "--scheduler"]
     assert time.perf_counter() - started < scaled(30)
 
 

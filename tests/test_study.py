@@ -72,8 +72,8 @@ def test_the_study_hears_what_asha_decided(tmp_path):
     assert (b.state.name, b.value, b.intermediate_values) == ("PRUNED", 0.3, {1: 0.3})
     assert (c.state.name, c.value, c.intermediate_values) == ("FAIL", None, {1: 0.2})
     assert [(t.user_attrs["ray_trial_id"], t.user_attrs["folder"], t.user_attrs["epochs"])
-            for t in (a, b, c)] == [("a", "trial_a", 3), ("b", "trial_b", 1),
-                                    ("c", "trial_c", 1)]
+            for t in (a, b, c)] == [("a", "trial_000_a", 3), ("b", "trial_001_b", 1),
+                                    ("c", "trial_002_c", 1)]
 
 
 def test_a_copied_experiment_restores_into_its_own_database(tmp_path):

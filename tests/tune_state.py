@@ -47,6 +47,13 @@ def epochs(rows: list[dict[str, str]]) -> list[int]:
     return [int(float(row["epoch"])) for row in rows]
 
 
+def trial_folder(experiment: Path, trial_id: str) -> Path:
+    """The folder of Ray's trial `trial_id`: trial_<Optuna number>_<id> (tune.tuner.trial_name)."""
+    found = sorted(experiment.glob(f"trial_*_{trial_id}"))
+    assert len(found) <= 1, found
+    return found[0] if found else experiment / f"trial_missing_{trial_id}"
+
+
 # --- waiting for Ray on a shared machine ------------------------------------------------------
 
 

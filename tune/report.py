@@ -16,8 +16,8 @@ from infoprompt.errors import InfoPromptError
 from infoprompt.tasks import METRIC_TITLES, get_task
 
 __all__ = ["Summary", "TrialRow", "final_comparison", "final_stats", "final_table",
-           "rerank_table", "summarize", "trial_rows", "tune_statuses", "write_json",
-           "write_markdown"]
+           "model_lines", "rerank_table", "summarize", "trial_rows", "tune_statuses",
+           "write_json", "write_markdown"]
 
 
 class TrialRow(NamedTuple):
@@ -30,6 +30,7 @@ class TrialRow(NamedTuple):
     best_valid_metric: float | None
     node_ip: str | None
     curve: list[float]  # valid metric per epoch
+    name: str = ""  # trial_<Optuna number>_<Ray id>: its folder, TensorBoard run, Optuna attr
 
 
 class Summary(NamedTuple):
@@ -83,10 +84,11 @@ def trial_rows(result_grid: Any, max_epochs: int) -> list[TrialRow]:
             status = "stopped early"
         else:
             status = "completed"
+        folder = Path(result.path).name  # the trial's name (tuner.trial_name)
         rows.append(TrialRow(
             # A trial that failed before its first report has no metrics: its folder
-            # (trial_<id>, see tuner.py) names it.
-            trial_id=metrics.get("trial_id") or Path(result.path).name.removeprefix("trial_"),
+            # (trial_<number>_<id>) names it.
+            trial_id=metrics.get("trial_id") or folder.split("_", 2)[-1], name=folder,
             config=dict(result.config or {}), status=status, epochs=epochs,
             objective=metrics.get("objective"),
             last_valid_metric=curve[-1] if curve else None,
@@ -224,6 +226,21 @@ def rerank_table(summary: Summary) -> list[str]:
     return lines + ["", f"**Decision:** {rerank['decision']['reason']}.", ""]
 
 
+def model_lines(summary: Summary) -> list[str]:
+    """Markdown: where the returned config's trained models are and the command that uses
+    one."""
+    returned = summary.final.get("returned") or {}
+    if not returned.get("models"):
+        return []
+    chosen = returned["model_by_valid"]
+    return ["## The trained model", "",
+            f"The returned config's model of each final seed is saved in "
+            f"`{chosen.rsplit('/', 1)[0]}/seed_<n>` (safetensors and JSON). The seed with the "
+            f"best valid {summary.metric} (not test: it is not chosen on the split it is "
+            f"scored on) classifies new text with:", "",
+            f"    python -m infoprompt predict --model-dir {chosen} --input FILE", ""]
+
+
 def write_markdown(summary: Summary, path: Path) -> None:
     names = sorted({k for t in summary.trials for k in t.config})
     objective = summary.search.get("objective") or {}
@@ -238,11 +255,12 @@ def write_markdown(summary: Summary, path: Path) -> None:
                                               for stage, s in seeds.items()), ""]
     lines += rerank_table(summary)
     lines += final_table(summary)
+    lines += model_lines(summary)
     lines += [f"## Trials ({len(summary.trials)}, {summary.stopped_early} stopped early by ASHA)",
               "", "| trial | " + " | ".join(names) + " | epochs | objective | best valid | "
               "status |", "|---" * (len(names) + 5) + "|"]
     for t in sorted(summary.trials, key=lambda t: -(t.objective or -math.inf)):
-        cells = [t.trial_id] + [_fmt(t.config.get(n)) for n in names]
+        cells = [t.name or t.trial_id] + [_fmt(t.config.get(n)) for n in names]
         cells += [str(t.epochs), _fmt(t.objective), _fmt(t.best_valid_metric), t.status]
         lines.append("| " + " | ".join(cells) + " |")
     path.write_text("\n".join(lines) + "\n")

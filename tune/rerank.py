@@ -29,7 +29,7 @@ def _key(config: dict[str, Any]) -> tuple:
 
 def challengers(trials: list[TrialRow], k: int, default: dict[str, Any]) -> dict[str, TrialRow]:
     """The k best distinct configs by the search's objective, the default left out (it is
-    re-trained anyway), by trial id. An errored trial is never one (summarize's rule)."""
+    re-trained anyway), by trial name. An errored trial is never one (summarize's rule)."""
     scored = sorted((t for t in trials if t.objective is not None
                      and math.isfinite(t.objective) and not t.status.startswith("error")),
                     key=lambda t: -t.objective)
@@ -39,7 +39,7 @@ def challengers(trials: list[TrialRow], k: int, default: dict[str, Any]) -> dict
             break
         if _key(trial.config) not in seen:
             seen.add(_key(trial.config))
-            out[trial.trial_id] = trial
+            out[trial.name or trial.trial_id] = trial  # the trial's one name (tuner.trial_name)
     return out
 
 

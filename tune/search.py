@@ -51,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser._negative_number_matcher = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$")
     add_settings_arguments(parser)
     add_space_arguments(parser)
-    add_config_arguments(parser, skip=SPACE)  # searched fields are set by the search
+    # Searched fields are set by the search; --epochs sits with ASHA's flags.
+    add_config_arguments(parser, skip={*SPACE, "epochs"})
     for arg in sys.argv[1:] if argv is None else argv:
         field = arg.split("=")[0].removeprefix("--").replace("-", "_")
         if arg.startswith("--") and field in SPACE:
@@ -70,14 +71,16 @@ def check_gpus(settings: SearchSettings) -> None:
 
 
 def fit_on_seeds(settings: SearchSettings, configs: dict[str, dict[str, Any]],
-                 seeds: list[int], *, with_test: bool,
-                 stage: str = "re-training") -> dict[str, list[dict | None]]:
+                 seeds: list[int], *, with_test: bool, stage: str = "re-training",
+                 save: dict[int, str] | None = None) -> dict[str, list[dict | None]]:
     """Each config re-trained from scratch on each split seed (that seed's train/valid draw,
     and its training seed), exactly as a trial trains (epochs, schedule), as Ray tasks with
-    the trials' resources. Identical configs are trained once; None where a run diverged."""
+    the trials' resources. Identical configs are trained once; None where a run diverged.
+    `save`: seed -> the folder where the first config's model of that seed is saved."""
     import ray
 
     from infoprompt.store import load_splits
+    from infoprompt.tasks import get_task
     from tune.trainable import final_fit
 
     cfg = settings.config
@@ -86,13 +89,38 @@ def fit_on_seeds(settings: SearchSettings, configs: dict[str, dict[str, Any]],
     remote = ray.remote(final_fit).options(num_cpus=settings.cpus_per_trial,
                                            num_gpus=settings.gpus_per_trial)
     distinct = {tuple(sorted(p.items())): p for p in configs.values()}
-    jobs = {(key, seed): remote.remote(cfg.replace(**params, seed=seed), splits[seed])
+    saved = tuple(sorted(next(iter(configs.values())).items())) if save else None
+    jobs = {(key, seed): remote.remote(cfg.replace(**params, seed=seed), splits[seed],
+                                       (save or {}).get(seed) if key == saved else None)
             for key, params in distinct.items() for seed in seeds}
     print(f"{stage}: {len(distinct)} configs x {len(seeds)} split seeds {seeds}, "
           f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} each", flush=True)
-    runs = {key: _finished(job) for key, job in jobs.items()}
+    labels = {key: " = ".join(label for label, p in configs.items()
+                              if tuple(sorted(p.items())) == key) for key in distinct}
+    runs = _gather(jobs, labels, stage=stage, with_test=with_test,
+                   metric=get_task(cfg.task).metric)
     return {label: [runs[tuple(sorted(params.items())), seed] for seed in seeds]
             for label, params in configs.items()}
+
+
+def _gather(jobs: dict[tuple, Any], labels: dict[tuple, str], *, stage: str, with_test: bool,
+            metric: str) -> dict[tuple, dict | None]:
+    """Each job's summary (None: it diverged), with a line as each ends."""
+    import ray
+
+    started, runs = time.perf_counter(), {}
+    waiting = {job: key for key, job in jobs.items()}
+    stage = stage.split(" of ")[0]  # "re-rank of the default and …" -> "re-rank"
+    while waiting:
+        [done], _ = ray.wait(list(waiting), num_returns=1)
+        key = waiting.pop(done)
+        run = runs[key] = _finished(done)
+        shown = ("diverged" if run is None else f"test {metric} {run['test_metric']:.4f}"
+                 if with_test else f"best valid {metric} {run['best_valid_metric']:.4f}")
+        print(f"{stage}: {labels[key[0]]} config, split seed {key[1]}: {shown} "
+              f"({len(runs)}/{len(jobs)} done, {time.perf_counter() - started:.0f}s)",
+              flush=True)
+    return runs
 
 
 def rerank(settings: SearchSettings, trials: list[Any]) -> dict[str, Any]:
@@ -120,18 +148,31 @@ def rerank(settings: SearchSettings, trials: list[Any]) -> dict[str, Any]:
     return result
 
 
-def final_evaluation(settings: SearchSettings,
-                     configs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def final_evaluation(settings: SearchSettings, configs: dict[str, dict[str, Any]],
+                     model_path: str | None = None) -> dict[str, Any]:
     """Re-train each config from scratch on the final split seeds (disjoint from the
-    search's and the re-rank's) and score it on test."""
+    search's and the re-rank's) and score it on test. With `model_path`, the first config's
+    model of each seed is saved in <model_path>/seed_<n> (infoprompt/saved.py)."""
     from tune.report import final_stats
 
     seeds = settings.split_seeds["final"]
-    runs = fit_on_seeds(settings, configs, seeds, with_test=True, stage="final evaluation")
-    return {label: {"config": configs[label], "seeds": seeds,
-                    **final_stats([run["test_metric"] if run else math.nan
-                                   for run in per_seed])}
-            for label, per_seed in runs.items()}
+    folders = {seed: f"{model_path.rstrip('/')}/seed_{seed}" for seed in seeds} \
+        if model_path else None
+    runs = fit_on_seeds(settings, configs, seeds, with_test=True, stage="final evaluation",
+                        save=folders)
+    out = {label: {"config": configs[label], "seeds": seeds,
+                   **final_stats([run["test_metric"] if run else math.nan
+                                  for run in per_seed])}
+           for label, per_seed in runs.items()}
+    first = next(iter(configs))
+    kept = {seed: run for seed, run in zip(seeds, runs[first])
+            if folders and run and "saved_to" in run}
+    if kept:  # a diverged seed saved nothing
+        out[first]["models"] = {str(seed): folders[seed] for seed in kept}
+        # Chosen by the valid metric: choosing by test would score on the split it selected.
+        out[first]["model_by_valid"] = folders[max(
+            kept, key=lambda seed: kept[seed]["best_valid_metric"])]
+    return out
 
 
 def _finished(job: Any) -> dict[str, Any] | None:
@@ -154,10 +195,12 @@ def write_reports(summary: Any, storage: str, name: str, study_url: str,
     """results.json, results.md and Optuna's plots of the study into the experiment folder
     (with a cloud storage path, the study's file too); returns where, and the Markdown."""
     from tune import report
-    from tune.study import STUDY_FILE, load_study, write_plots
+    from tune.plots import objective_label, write_plots
+    from tune.study import STUDY_FILE, load_study
 
+    label = objective_label(summary.search["objective"]["name"], summary.metric)
     with tempfile.TemporaryDirectory() as folder:
-        notes = write_plots(load_study(study_url, study), Path(folder))
+        notes = write_plots(load_study(study_url, study), Path(folder), label)
         summary = summary._replace(search={**summary.search, "plots_left_out": notes})
         report.write_json(summary, Path(folder) / "results.json")
         report.write_markdown(summary, Path(folder) / "results.md")
@@ -306,7 +349,7 @@ def _search(settings: SearchSettings, draws: dict[int, Any], storage: str, name:
             path: str, warm: list[Any]) -> dict[str, Any]:
     from tune import report
     from tune.study import prepare_study, study_storage
-    from tune.tuner import build_tuner, restore_tuner
+    from tune.tuner import build_tuner, restore_tuner, trial_boxes
 
     cfg = settings.config
     check_cluster(address=settings.address, gpus_per_trial=settings.gpus_per_trial,
@@ -330,8 +373,10 @@ def _search(settings: SearchSettings, draws: dict[int, Any], storage: str, name:
         save_settings(settings, storage, name)
         tuner = build_tuner(settings, draws, storage_path=storage, name=name,
                             max_concurrent=concurrent, study_url=study_url)
+    print(f"\nWatch it: tensorboard --logdir {path}\n"
+          f"          optuna-dashboard {study_url}\n", flush=True)
     started = time.perf_counter()
-    with sigint_watched() as sigint:
+    with sigint_watched() as sigint, trial_boxes(settings.verbose >= 2):
         grid = tuner.fit()
     if sigint.seen or unfinished_trials(grid):  # Ray saved it: no final evaluation, no reports
         raise KeyboardInterrupt
@@ -349,7 +394,7 @@ def _search(settings: SearchSettings, draws: dict[int, Any], storage: str, name:
     if settings.final_seeds:
         configs = {"returned": summary.returned_config,
                    "default": paper_point(cfg, settings.space)}
-        final = final_evaluation(settings, configs)
+        final = final_evaluation(settings, configs, model_path=f"{path}/model")
         final.update(report.final_comparison(final["returned"]["per_seed"],
                                              final["default"]["per_seed"]))
         summary = summary._replace(final=final)
@@ -360,6 +405,10 @@ def _search(settings: SearchSettings, draws: dict[int, Any], storage: str, name:
           f"{time.perf_counter() - started:.0f}s. Results: {target}/results.md\n"
           f"TensorBoard: tensorboard --logdir {path}\n"
           f"Optuna dashboard: optuna-dashboard {study_url}")
+    chosen = summary.final.get("returned", {}).get("model_by_valid")
+    if chosen:
+        print(f"Classify text with the returned config: python -m infoprompt predict "
+              f"--model-dir {chosen} --input FILE")
     return {"path": target, "summary": summary}
 
 

@@ -56,15 +56,14 @@ class SearchSettings:
 
     # --- the search ---
     num_samples: int = _field(16, "trials", "search")
-    grace_period: int = _field(2, "ASHA: epochs every trial runs before it can be stopped",
-                               "search")
-    reduction_factor: float = _field(3.0, "ASHA: keep 1/this of the trials at each rung",
-                                     "search")
+    grace_period: int = _field(2, "epochs every trial runs before it can be stopped",
+                               "ASHA")
+    reduction_factor: float = _field(3.0, "keep 1/this of the trials at each rung", "ASHA")
     sampler: Sampler = _field(Sampler.TPE, "Optuna sampler that proposes the trials: tpe "
                               "(multivariate, constant liar), gp (Gaussian process), random",
                               "search")
     scheduler: Scheduler = _field(Scheduler.ASHA, "asha (stop poor trials early) or fifo (run "
-                                  "every trial to --epochs)", "search")
+                                  "every trial to --epochs)", "ASHA")
     split_draws: int = _field(1, "score each trial on N train/valid draws (split seeds --seed "
                                  "… --seed+N-1, the same for every trial) and report the mean "
                                  "per epoch: less selection noise, N× the cost", "search")
@@ -109,6 +108,9 @@ class SearchSettings:
                                     "<task>-<method>-<shots>shot-<time>)", "Ray")
     resume: bool = _field(False, "continue the experiment --name (default: the latest one) "
                                  "with the settings it was started with", "Ray")
+    verbose: int = _field(1, "console: 0 = the search's own lines only, 1 = also Ray's trial "
+                             "table every 30 s, 2 = also each trial's config and results as "
+                             "it starts, reports and ends", "Ray")
     re_evaluate: bool = _field(False, "with --resume of a finished search: run its final "
                                       "evaluation again (default: print its results)", "Ray")
     # Not a flag: the experiment's record of its Optuna study's name (search_args.json), so
@@ -135,6 +137,8 @@ class SearchSettings:
             if getattr(self, name) < low:
                 raise InfoPromptError(f"--{name.replace('_', '-')} must be >= {low}, "
                                       f"got {getattr(self, name)}")
+        if self.verbose not in (0, 1, 2):
+            raise InfoPromptError(f"--verbose must be 0, 1 or 2, got {self.verbose}")
         if self.reduction_factor <= 1:
             raise InfoPromptError(f"--reduction-factor must be > 1, got {self.reduction_factor:g}")
         if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0:
@@ -192,10 +196,18 @@ class SearchSettings:
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser) -> None:
-    for group in ("search", "Ray"):
+    """The search's flags by group; ASHA's with --epochs, its max_t (the caller then adds
+    the other InfoPromptConfig fields without `epochs`)."""
+    for group in ("search", "ASHA", "Ray"):
         fields = [f.name for f in dataclasses.fields(SearchSettings)
                   if f.metadata.get("group") != group]
-        add_dataclass_arguments(parser, SearchSettings, title=group, skip=fields)
+        title = group
+        if group == "ASHA":
+            title = ("early stopping (ASHA; --epochs is its max_t, what a trial it never "
+                     "stops trains)")
+            add_dataclass_arguments(parser, InfoPromptConfig, title=title, skip=[
+                f.name for f in dataclasses.fields(InfoPromptConfig) if f.name != "epochs"])
+        add_dataclass_arguments(parser, SearchSettings, title=title, skip=fields)
 
 
 def settings_from_args(args: argparse.Namespace) -> SearchSettings:
@@ -217,7 +229,7 @@ def settings_from_args(args: argparse.Namespace) -> SearchSettings:
 # What a resumed search takes from the command that resumes it rather than from the
 # experiment's saved settings: where the experiment is and which Ray to use; the resources
 # per trial only when given (a cluster may have changed).
-RESUME_TAKES = ("address", "storage_path", "name", "resume", "re_evaluate")
+RESUME_TAKES = ("address", "storage_path", "name", "resume", "verbose", "re_evaluate")
 RESUME_MAY_CHANGE = ("cpus_per_trial", "gpus_per_trial")
 
 

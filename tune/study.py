@@ -31,16 +31,10 @@ from tune.settings import SearchSettings
 from tune.space import searched_fields
 
 __all__ = ["STUDY_FILE", "check_optuna_storage", "check_resumable_study", "check_study_name",
-           "load_study", "prepare_study", "study_name", "study_storage", "warm_trials",
-           "write_plots"]
+           "load_study", "prepare_study", "study_name", "study_storage", "warm_trials"]
 
 STUDY_FILE = "optuna.db"
 OBJECTIVE_METRIC = "objective"  # the study's metric name: Tune's metric (tune/objective.py)
-# Optuna's own plots, saved beside results.json: file -> what it shows.
-PLOTS = {"optimization_history.png": "plot_optimization_history",
-         "intermediate_values.png": "plot_intermediate_values",
-         "parallel_coordinate.png": "plot_parallel_coordinate",
-         "param_importances.png": "plot_param_importances"}
 
 
 def _experiment_study_file(storage: str, name: str) -> Path:
@@ -132,6 +126,15 @@ def _sqlite_trial_counts(path: Path, flag: str, fix: str) -> dict[str, int]:
         reason = "an empty file" if path.stat().st_size == 0 else str(error)
         raise InfoPromptError(f"{flag}: {path} is not a readable Optuna database "
                               f"({reason}); {fix}") from None
+
+
+def _download(uri: str, path: Path) -> None:
+    import pyarrow.fs
+
+    try:
+        pyarrow.fs.copy_files(uri, str(path))
+    except OSError:  # an experiment from before the study was persisted: a new file
+        pass
 
 
 def _shown(url: str) -> str:
@@ -279,56 +282,3 @@ def load_study(url: str, name: str) -> Any:
     import optuna
 
     return optuna.load_study(study_name=name, storage=url)
-
-
-def write_plots(study: Any, folder: Path) -> list[str]:
-    """Optuna's matplotlib plots of the study as PNGs in `folder`; returns a note for each
-    plot left out (and why)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import optuna
-    from optuna.visualization import matplotlib as plots
-
-    finished = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    notes = []
-    for file, function in PLOTS.items():
-        kwargs: dict[str, Any] = {}
-        if function == "plot_param_importances":
-            evaluator = optuna.importance.PedAnovaImportanceEvaluator()  # Optuna's default
-            reason = _importance_problem(study, evaluator, len(finished))
-            if reason:
-                notes.append(f"{file} left out: {reason}")
-                continue
-            kwargs["evaluator"] = evaluator
-        elif not finished:
-            notes.append(f"{file} left out: no finished trial")
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the matplotlib backend is "experimental"
-            axes = getattr(plots, function)(study, **kwargs)
-        if function == "plot_param_importances":
-            axes.set_title(f"Hyperparameter importances ({type(kwargs['evaluator']).__name__}, "
-                           f"{len(finished)} finished trials)")
-        axes.figure.set_size_inches(9, 5)
-        axes.figure.tight_layout()
-        axes.figure.savefig(folder / file, dpi=100)
-        plt.close(axes.figure)
-    return notes
-
-
-def _importance_problem(study: Any, evaluator: Any, finished: int) -> str | None:
-    """Why the importances would mean nothing, or None."""
-    import optuna
-
-    if finished < 2:
-        return (f"{type(evaluator).__name__} needs at least 2 finished trials, this search "
-                f"has {finished}")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        optuna.importance.get_param_importances(study, evaluator=evaluator)
-    equal = [str(w.message) for w in caught if "will be equal" in str(w.message)]
-    if equal:
-        return f"{type(evaluator).__name__}: {equal[0]} ({finished} finished trials)"
-    return None

@@ -7,12 +7,14 @@ restarted trial (node loss, `--resume`) continues from `ray.tune.get_checkpoint(
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import pyarrow.fs
 import ray
 import ray.tune
 import torch
@@ -20,8 +22,10 @@ import torch
 from infoprompt.config import InfoPromptConfig
 from infoprompt.errors import InfoPromptError
 from infoprompt.gpu_memory import cap_gpu_memory, gpu_memory_fraction, release_memory
+from infoprompt.scalars import off_terms
 from infoprompt.store import Splits
 from infoprompt.train import Training, fit, resolve_device
+from tune.experiment import is_uri
 from tune.objective import Objective, objective_value
 
 __all__ = ["cap_gpu_memory", "final_fit", "gpu_memory_fraction", "load_states",
@@ -41,6 +45,9 @@ def _mean(records: tuple[dict[str, Any], ...]) -> dict[str, Any]:
 def trainable(params: dict[str, Any], *, base: InfoPromptConfig, draws: dict[int, Splits],
               objective: Objective = Objective.BEST) -> None:
     cfg = base.replace(**params)
+    # One INFO line per epoch and trial ("Checkpoint successfully created at …") would bury
+    # Ray's progress table; each checkpoint is in the trial's folder anyway.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     resources = ray.tune.get_context().get_trial_resources().required_resources
     # One Ray CPU is one thread: more would oversubscribe the node's cores.
     torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
@@ -70,12 +77,14 @@ def _train(cfg: InfoPromptConfig, draws: dict[int, Splits], objective: Objective
     # that epoch (same seed, batches and lr), so each retry costs a worker start and at most
     # one epoch. Tune offers no per-exception retry policy, and a "diverged" note in the
     # trial's working folder did not survive between attempts, so none is attempted here.
+    off = off_terms(cfg)  # constant zeros (the KL without a VIB, …): not reported
     for records in zip(*(run.epochs() for run in runs)):
-        metrics = _mean(records)
-        metrics["epoch"] = records[0]["epoch"]
         # Over the whole run, restored epochs included: a resumed trial ranks the same.
         history = [_mean(epoch) for epoch in zip(*(run.history for run in runs))]
-        metrics["objective"] = objective_value(history, objective)
+        # The objective and the epoch first: Ray's progress table shows the first few keys.
+        metrics = {"objective": objective_value(history, objective),
+                   "epoch": records[0]["epoch"],
+                   **{k: v for k, v in _mean(records).items() if k not in off | {"epoch"}}}
         # Which Ray node ran this epoch: on one machine every node shares node_ip.
         metrics["node_id"] = ray.get_runtime_context().get_node_id()
         with tempfile.TemporaryDirectory() as folder:
@@ -109,13 +118,20 @@ def load_states(path: str) -> list[dict]:
                               "the experiment, and search again") from None
 
 
-def final_fit(cfg: InfoPromptConfig, splits: Splits) -> dict[str, Any]:
-    """One seed of the final evaluation, as a Ray task: train to the end, score test."""
+def final_fit(cfg: InfoPromptConfig, splits: Splits, save_to: str | None = None
+              ) -> dict[str, Any]:
+    """One seed of the final evaluation, as a Ray task: train to the end, score test; with
+    `save_to` (a folder or s3:// / gs:// URI), save the model there (infoprompt/saved.py)."""
     resources = ray.get_runtime_context().get_assigned_resources()
     torch.set_num_threads(max(1, int(resources.get("CPU", 1))))
     device = resolve_device(cfg.device)
     cap_gpu_memory(resources.get("GPU", 0), device)
     try:
-        return fit(cfg, splits)
+        if save_to is None or not is_uri(save_to):
+            return fit(cfg, splits, save_dir=save_to)
+        with tempfile.TemporaryDirectory() as folder:  # written whole, then uploaded
+            summary = fit(cfg, splits, save_dir=str(Path(folder) / "model"))
+            pyarrow.fs.copy_files(str(Path(folder) / "model"), save_to)
+            return {**summary, "saved_to": save_to}
     finally:  # Ray reuses the worker process for the next task
         release_memory(device, [])

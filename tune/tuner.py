@@ -3,15 +3,19 @@ resources, in one place."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import pickle
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import optuna
 import ray.tune
 from ray.air.constants import TRAINING_ITERATION
 from ray.tune import Callback
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator
 from ray.tune.search.optuna import OptunaSearch
@@ -20,11 +24,12 @@ from infoprompt.errors import InfoPromptError
 from infoprompt.store import Splits
 from tune.settings import Sampler, Scheduler, SearchSettings
 from tune.space import default_point, param_space
-from tune.tensorboard import TaskTensorBoard
+from tune.tensorboard_callback import TaskTensorBoard
 from tune.trainable import trainable
 
 __all__ = ["METRIC", "MODE", "AshaRungs", "MovedSearchGenerator", "StudySearch", "build_tuner",
-           "make_sampler", "make_scheduler", "restore_tuner", "sampler_options", "trial_folder"]
+           "make_sampler", "make_scheduler", "restore_tuner", "sampler_options", "trial_boxes",
+           "trial_name"]
 
 logger = logging.getLogger(__name__)
 METRIC, MODE = "objective", "max"  # tune/objective.py: one number, end to end
@@ -82,9 +87,23 @@ class AshaRungs(Callback):
         self.scheduler._num_stopped = state["num_stopped"]
 
 
-def trial_folder(trial_id: str) -> str:
-    """A trial's folder in the experiment (Tune's trial_dirname_creator)."""
-    return f"trial_{trial_id}"
+# Ray's trial id -> its Optuna trial number, filled by StudySearch.suggest just before Tune
+# names the trial (in the driver, SearchGenerator.create_trial_if_possible).
+_NUMBERS: dict[str, int] = {}
+
+
+def trial_name(trial: Any) -> str:
+    """One name per trial for the console, its folder, its TensorBoard run, results.md and
+    the Optuna trial's `trial_name` attribute: the Optuna number (Tune's count without a
+    study) and Ray's id, e.g. trial_003_8b3c37a1."""
+    number = _NUMBERS.get(trial.trial_id)
+    if number is None:  # Tune's tag: "<count from 1>_<config>"
+        number = int(str(trial.experiment_tag).split("_")[0] or 1) - 1
+    return _name(number, trial.trial_id)
+
+
+def _name(number: int, trial_id: str) -> str:
+    return f"trial_{number:03d}_{trial_id}"
 
 
 class StudySearch(OptunaSearch):
@@ -157,11 +176,15 @@ class StudySearch(OptunaSearch):
             if states[number] == running:
                 self._ot_study.tell(number, state=optuna.trial.TrialState.FAIL)
 
-    def suggest(self, trial_id: str) -> dict | None:
+    def suggest(self, trial_id: str) -> dict | str | None:
         config = super().suggest(trial_id)
-        trial = self._ot_trials[trial_id]
-        trial.set_user_attr("ray_trial_id", trial_id)
-        trial.set_user_attr("folder", trial_folder(trial_id))
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None:  # the trial's one name is also its folder's
+            _NUMBERS[trial_id] = ot_trial.number
+            name = _name(ot_trial.number, trial_id)
+            ot_trial.set_user_attr("trial_name", name)
+            ot_trial.set_user_attr("ray_trial_id", trial_id)
+            ot_trial.set_user_attr("folder", name)
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -190,6 +213,23 @@ class StudySearch(OptunaSearch):
         self._completed_trials.add(trial_id)
 
 
+@contextlib.contextmanager
+def trial_boxes(shown: bool) -> Iterator[None]:
+    """Ray's console (verbose 1) prints a table of each trial's config when it starts and of
+    its last result, every reported key, when it ends: dozens of rows a trial, which bury the
+    progress table. Unless `shown` (--verbose 2) they are printed only at Ray's verbose 2,
+    like its per-epoch results; Ray has no setting of its own for this."""
+    from ray.tune.experimental.output import AirVerbosity, TuneReporterBase
+
+    before = TuneReporterBase._start_end_verbosity
+    if not shown:
+        TuneReporterBase._start_end_verbosity = AirVerbosity.VERBOSE
+    try:
+        yield
+    finally:
+        TuneReporterBase._start_end_verbosity = before
+
+
 def _trainable(settings: SearchSettings, draws: dict[int, Splits]) -> Any:
     # with_parameters puts the tables in the object store once; every trial maps them.
     with_data = ray.tune.with_parameters(trainable, base=settings.config,
@@ -198,6 +238,14 @@ def _trainable(settings: SearchSettings, draws: dict[int, Splits]) -> Any:
                                          objective=settings.objective)
     return ray.tune.with_resources(with_data, {"cpu": settings.cpus_per_trial,
                                                "gpu": settings.gpus_per_trial})
+
+
+def _loggers(settings: SearchSettings) -> list[Callback]:
+    """Tune's CSV and JSON loggers and our TensorBoard, with Tune's automatic loggers off:
+    its TensorBoard logger would log every value a second time (tune/tensorboard_callback).
+    Tune reads the switch when the tuner runs, in this process."""
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    return [CSVLoggerCallback(), JsonLoggerCallback(), TaskTensorBoard(settings)]
 
 
 def build_tuner(settings: SearchSettings, draws: dict[int, Splits], *, storage_path: str,
@@ -214,7 +262,7 @@ def build_tuner(settings: SearchSettings, draws: dict[int, Splits], *, storage_p
         points_to_evaluate=[first] if first else None,
         study_name=settings.study_name or name, **study)
     scheduler = make_scheduler(settings)
-    callbacks = [TaskTensorBoard()]
+    callbacks = _loggers(settings)
     if isinstance(scheduler, ASHAScheduler):
         callbacks.append(AshaRungs(scheduler))
     return ray.tune.Tuner(
@@ -226,7 +274,7 @@ def build_tuner(settings: SearchSettings, draws: dict[int, Splits], *, storage_p
             # Same resources for every trial: keep the worker process (torch, transformers
             # already imported).
             reuse_actors=True,
-            trial_dirname_creator=lambda trial: trial_folder(trial.trial_id)),
+            trial_name_creator=trial_name, trial_dirname_creator=trial_name),
         run_config=ray.tune.RunConfig(
             name=name, storage_path=storage_path, callbacks=callbacks,
             # A failed trial (a lost node, say) restarts from its last epoch's checkpoint.
@@ -235,7 +283,7 @@ def build_tuner(settings: SearchSettings, draws: dict[int, Splits], *, storage_p
             # TUNE_GLOBAL_CHECKPOINT_S (set in search.py) and may still name an older
             # checkpoint when the driver dies (ray-project/ray#27790).
             checkpoint_config=ray.tune.CheckpointConfig(num_to_keep=3),
-            verbose=1))
+            verbose=settings.verbose))
 
 
 class MovedSearchGenerator(SearchGenerator):
@@ -265,6 +313,7 @@ def restore_tuner(storage_path: str, name: str, settings: SearchSettings,
     ones are created where the experiment is now, and the study is the one in `study_url`
     (where the experiment's is now)."""
     path = f"{storage_path.rstrip('/')}/{name}"
+    _loggers(settings)  # the callbacks themselves come back with the tuner's saved state
     tuner = ray.tune.Tuner.restore(path, _trainable(settings, draws), resume_unfinished=True,
                                    resume_errored=False)
     # Tuner.restore takes no search algorithm: the one unpickled from tuner.pkl is wrapped
