@@ -169,8 +169,10 @@ def final_table(summary: Summary) -> list[str]:
         return []
     test = "GLUE dev" if get_task(summary.task).glue_name else "the task's test split"
     lines = [f"## Test {summary.metric} ({test}), re-trained from scratch on split seeds "
-             f"{_seeds(best['seeds'])}", "",
-             f"`{summary.metric}`: {METRIC_TITLES.get(summary.metric, summary.metric)}.", ""]
+             f"{_seeds(best['seeds'])}", ""]
+    title = METRIC_TITLES.get(summary.metric, summary.metric)
+    if title != summary.metric:  # "`accuracy`: accuracy." says nothing
+        lines += [f"`{summary.metric}`: {title}.", ""]
     if default is None or default["config"] == best["config"]:
         lines += ["The returned configuration is the default one: nothing to compare.", "",
                   "| seed | test |", "|---|---|"]
