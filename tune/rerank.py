@@ -17,13 +17,14 @@ from typing import Any
 
 from tune.report import TrialRow
 
-__all__ = ["ALPHA", "DEFAULT", "challengers", "decide"]
+__all__ = ["ALPHA", "DEFAULT", "challengers", "config_key", "decide"]
 
 ALPHA = 0.05  # two-sided, shared among the challengers (Bonferroni)
 DEFAULT = "default"
 
 
-def _key(config: dict[str, Any]) -> tuple:
+def config_key(config: dict[str, Any]) -> tuple:
+    """A config as a dict key: the same values in any order are the same config."""
     return tuple(sorted(config.items()))
 
 
@@ -33,12 +34,12 @@ def challengers(trials: list[TrialRow], k: int, default: dict[str, Any]) -> dict
     scored = sorted((t for t in trials if t.objective is not None
                      and math.isfinite(t.objective) and not t.status.startswith("error")),
                     key=lambda t: -t.objective)
-    seen, out = {_key(default)}, {}
+    seen, out = {config_key(default)}, {}
     for trial in scored:
         if len(out) == k:
             break
-        if _key(trial.config) not in seen:
-            seen.add(_key(trial.config))
+        if config_key(trial.config) not in seen:
+            seen.add(config_key(trial.config))
             out[trial.name or trial.trial_id] = trial  # the trial's one name (tuner.trial_name)
     return out
 

@@ -81,6 +81,7 @@ def fit_on_seeds(settings: SearchSettings, configs: dict[str, dict[str, Any]],
 
     from infoprompt.store import load_splits
     from infoprompt.tasks import get_task
+    from tune.rerank import config_key
     from tune.trainable import final_fit
 
     cfg = settings.config
@@ -88,18 +89,18 @@ def fit_on_seeds(settings: SearchSettings, configs: dict[str, dict[str, Any]],
               for seed in seeds}
     remote = ray.remote(final_fit).options(num_cpus=settings.cpus_per_trial,
                                            num_gpus=settings.gpus_per_trial)
-    distinct = {tuple(sorted(p.items())): p for p in configs.values()}
-    saved = tuple(sorted(next(iter(configs.values())).items())) if save else None
+    distinct = {config_key(p): p for p in configs.values()}
+    saved = config_key(next(iter(configs.values()))) if save else None
     jobs = {(key, seed): remote.remote(cfg.replace(**params, seed=seed), splits[seed],
                                        (save or {}).get(seed) if key == saved else None)
             for key, params in distinct.items() for seed in seeds}
     print(f"{stage}: {len(distinct)} configs x {len(seeds)} split seeds {seeds}, "
           f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} each", flush=True)
     labels = {key: " = ".join(label for label, p in configs.items()
-                              if tuple(sorted(p.items())) == key) for key in distinct}
+                              if config_key(p) == key) for key in distinct}
     runs = _gather(jobs, labels, stage=stage, with_test=with_test,
                    metric=get_task(cfg.task).metric)
-    return {label: [runs[tuple(sorted(params.items())), seed] for seed in seeds]
+    return {label: [runs[config_key(params), seed] for seed in seeds]
             for label, params in configs.items()}
 
 
@@ -127,7 +128,7 @@ def rerank(settings: SearchSettings, trials: list[Any]) -> dict[str, Any]:
     """The --rerank-top best configs and the default on the re-rank's split seeds, scored by
     the search's objective on each draw's valid split (never test); tune/rerank.py decides."""
     from tune.objective import objective_value
-    from tune.rerank import DEFAULT, challengers, decide
+    from tune.rerank import DEFAULT, challengers, config_key, decide
 
     default = paper_point(settings.config, settings.space)
     top = challengers(trials, settings.rerank_top, default)
@@ -141,10 +142,10 @@ def rerank(settings: SearchSettings, trials: list[Any]) -> dict[str, Any]:
     searched = {}  # config -> its best objective in the search (the default's too)
     for trial in trials:
         if trial.objective is not None and not trial.status.startswith("error"):
-            key = tuple(sorted(trial.config.items()))
+            key = config_key(trial.config)
             searched[key] = max(searched.get(key, -math.inf), trial.objective)
     for row in result["rows"]:
-        row["search_objective"] = searched.get(tuple(sorted(row["config"].items())))
+        row["search_objective"] = searched.get(config_key(row["config"]))
     return result
 
 
