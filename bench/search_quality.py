@@ -230,7 +230,7 @@ def paired(rows: list[dict[str, Any]]) -> dict[str, Any]:
     from infoprompt.metrics import paired_difference
 
     def column(mine: list[dict[str, Any]], key: str) -> list[float]:
-        return [r.get(key, math.nan) for r in mine]
+        return [r[key] for r in mine]
 
     out = {}
     for budget in [str(f) for f in BUDGETS] + ["returned"]:
@@ -288,7 +288,7 @@ def plot(figures: dict[str, Any], path: Path) -> None:
         axis.set_xticks(range(len(budgets)), [f"{'all' if b == '1' else b} of (b)'s "
                                               "trial-epochs" for b in budgets], fontsize=8)
         shots = figures["tasks"][task]["settings"]["shots"]
-        axis.set(ylabel=f"test {figures['tasks'][task].get('metric', 'metric')} "
+        axis.set(ylabel=f"test {figures['tasks'][task]['metric']} "
                         "of the incumbent",
                  title=f"{task} {shots}-shot: each search's incumbent on test, by budget\n"
                        "(thin: one split seed each; thick: the mean over split seeds)")
@@ -337,7 +337,7 @@ def task_markdown(task: str, rows: list[dict[str, Any]], summary: dict[str, Any]
                      f"{cell(p['a_minus_b'])} | {cell(p['a_minus_b_final'])} |")
     returned = summary["returned"]
     mine = [r for r in rows if r["budget"] == "returned"]
-    kept = sum(r["a_config"] == r["default_config"] for r in mine if "default_config" in r)
+    kept = sum(r["a_config"] == r["default_config"] for r in mine)
     lines += ["", "| against the paper default (test mean "
               f"{statistics.fmean(r['default_test'] for r in mine):.4f}) | paired difference |",
               "|---|---|",
